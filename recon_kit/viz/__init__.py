@@ -1,0 +1,1 @@
+"""Notebook visualisation helpers (k3d scenes, matplotlib panels, widgets)."""
