@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..light import perturb_normal, shade
 from ..mesh import Mesh, face_normals, vertex_normals, vertex_tangents
 from .raster import Rasterizer
 
@@ -102,8 +103,6 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
     Returns ``rgb_linear`` and ``alpha`` (antialiased), and the G-buffer-derived ``depth``, ``mask``,
     ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself.
     """
-    from ..light import perturb_normal, shade
-
     gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
     mat = material(gb)
     campos = views["campos"][:, None, None, :]
@@ -114,7 +113,7 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
     elif bsdf == "normal":
         rgb = n_shade * 0.5 + 0.5
     else:
-        rgb = shade(light, gb.pos, n_shade, mat["kd"], mat["ks"], campos, mode=bsdf)
+        rgb = shade(light, gb.pos, n_shade, mat["kd"], mat["ks"], campos, bsdf=bsdf)
     rgb = torch.where(gb.mask > 0, rgb, background)
     color = torch.cat([rgb, gb.mask], -1)
     if antialias:

@@ -145,10 +145,10 @@ class TorchRasterizer:
         safe = tid.clamp_min(0)
         corner = tri[safe]                              # [B,H,W,3]
         if attr.ndim == 2:
-            a = attr[corner]                            # [B,H,W,3,C]
+            a = attr.index_select(0, corner.reshape(-1)).view(*corner.shape, attr.shape[-1])   # [B,H,W,3,C]
         else:
-            bidx = torch.arange(attr.shape[0], device=attr.device).view(-1, 1, 1, 1)
-            a = attr[bidx, corner]
+            flat_idx = corner + (torch.arange(attr.shape[0], device=attr.device) * attr.shape[1]).view(-1, 1, 1, 1)
+            a = attr.reshape(-1, attr.shape[-1]).index_select(0, flat_idx.reshape(-1)).view(*corner.shape, attr.shape[-1])
         u, v = rast[..., 0:1], rast[..., 1:2]
         a0, a1, a2 = a[..., 0, :], a[..., 1, :], a[..., 2, :]
         out = torch.where(covered, a2 + u * (a0 - a2) + v * (a1 - a2), torch.zeros_like(a0))
@@ -282,7 +282,10 @@ def _bilinear_gather(tex: torch.Tensor, uv: torch.Tensor, boundary_mode: str) ->
         bsel = bsel + torch.arange(n, device=uv.device).view(-1, *([1] * (uv.ndim - 2)))
     flat = flat.reshape(n * h * w, c)
     off = bsel * (h * w)
-    g = lambda yy, xx: flat[off + yy * w + xx]  # noqa: E731
+    def g(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        idx = off + yy * w + xx
+        return flat.index_select(0, idx.reshape(-1)).view(*idx.shape, c)  # backward: index_add_, no sort
+
     top = g(ys[0], xs[0]) * (1 - fx) + g(ys[0], xs[1]) * fx
     bot = g(ys[1], xs[0]) * (1 - fx) + g(ys[1], xs[1]) * fx
     return top * (1 - fy) + bot * fy

@@ -1,0 +1,260 @@
+"""``recon-kit`` / ``python -m recon_kit.cli``: the notebooks' steps from a terminal.
+
+Subcommands import their modules only when they run, so ``recon-kit --help`` stays fast (no torch import).
+Errors about inputs (ValueError, FileNotFoundError, FileExistsError and their subclasses) print one line and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2  # bad input: argparse errors, missing files, invalid values
+EXIT_FAILED = 1  # a step ran and failed (a notebook cell raised, a module is missing)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+class CommandError(ValueError):
+    """An error message for the user, printed without a traceback."""
+
+
+def _parse_value(text: str) -> Any:
+    """``--set key=value`` values: JSON when it parses (numbers, true/false, lists, quoted strings), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lowered = text.lower()
+        if lowered in {"true", "false"}:
+            return lowered == "true"
+        if lowered in {"none", "null"}:
+            return None
+        return text
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CommandError(f"--set expects KEY=VALUE (e.g. --set steps=500), got {pair!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _existing_dir(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not p.is_dir():
+        raise NotADirectoryError(f"{what} {path} is not a directory")
+    return p.resolve()
+
+
+def _load(module: str, attr: str) -> Callable[..., Any]:
+    """``module.attr``, imported now; a missing module is a one-line error, not an ImportError traceback."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and (module == err.name or module.startswith(err.name + ".")):
+            raise RuntimeError(f"{module} is not available in this checkout ({err})") from err
+        raise
+    try:
+        return getattr(mod, attr)
+    except AttributeError:
+        raise RuntimeError(f"{module} has no {attr}(); this subcommand needs it") from None
+
+
+def _call(func: Callable[..., Any], positional: dict[str, Any], options: dict[str, Any]) -> Any:
+    """Call a library function whose exact signature is still settling.
+
+    ``positional`` values go by keyword when the function has a parameter of that name, else by position (in
+    order); ``options`` (only those the user set, i.e. not None) must be accepted by name.
+    """
+    sig = inspect.signature(func)
+    params = sig.parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, value in positional.items():
+        if name in params and params[name].kind is not inspect.Parameter.POSITIONAL_ONLY:
+            kwargs[name] = value
+        else:
+            args.append(value)
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in params and not takes_kwargs:
+            opt = "--" + name.replace("_", "-")
+            raise CommandError(f"{func.__module__}.{func.__name__}{sig} does not take {name!r} ({opt})")
+        kwargs[name] = value
+    return func(*args, **kwargs)
+
+
+# subcommands ----------------------------------------------------------------------------------------------------
+def cmd_demo(a: argparse.Namespace) -> int:
+    if a.dataset != "demo":
+        _existing_dir(a.dataset, "dataset folder")
+    from recon_kit.notebooks import run_demo
+
+    run_demo(
+        output_dir=a.output_dir,
+        dataset=a.dataset,
+        device=a.device,
+        overwrite=a.overwrite,
+        quick=a.quick,
+        preset=a.preset,
+        overrides=_overrides(a.set),
+        gt_mesh=a.gt_mesh,
+        timeout=a.timeout,
+        log_output=a.log_output,
+    )
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    src = _existing_dir(a.input_dir, "input folder")
+    func = _load("recon_kit.data", "prepare_dataset")
+    result = _call(
+        func,
+        {"input_dir": src, "output_dir": Path(a.output_dir).resolve()},
+        {"resolutions": a.resolutions, "mask_source": a.mask_source, "align": a.align,
+         "overwrite": a.overwrite or None},
+    )
+    print(f"prepared dataset: {result if result is not None else a.output_dir}")
+    return 0
+
+
+def cmd_check_poses(a: argparse.Namespace) -> int:
+    ds = _existing_dir(a.dataset_dir, "dataset folder")
+    load_viewset = _load("recon_kit.data", "load_viewset")
+    check_poses = _load("recon_kit.posecheck", "check_poses")
+    views = load_viewset(ds, resolution=a.resolution)
+    report = _call(check_poses, {"data": views}, {"res": a.grid_res})
+    text = report.summary() if hasattr(report, "summary") else str(report)
+    print(text)
+    if a.output_dir:
+        out = Path(a.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "posecheck.txt").write_text(text + "\n")
+        table = getattr(report, "table", None)
+        if table is not None:
+            table.to_csv(out / "posecheck.csv", index=False)
+        print(f"report written to {out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    ds = _existing_dir(a.dataset_dir, "dataset folder")
+    config: str = a.config
+    looks_like_file = config.endswith((".json", ".yaml", ".yml", ".toml")) or "/" in config
+    if looks_like_file and not Path(config).exists():
+        raise FileNotFoundError(f"config file {config} does not exist")
+    func = _load("recon_kit.train", "train_from_config")
+    run_dir = Path(a.run_dir).resolve()
+    cfg = str(Path(config).resolve()) if looks_like_file else config
+    extra = {"overwrite": True} if a.overwrite else {}
+    result = func(cfg, ds, run_dir, _overrides(a.set), a.resume, **extra)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+# parser ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="recon-kit",
+        description="Multi-view photos (+ depth) to a textured, relightable mesh. "
+        "The same steps as notebooks/01..04, from a terminal.",
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the subparser from resetting it to False
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser(
+        "demo", parents=[common],
+        help="run notebooks 01..04 through papermill (demo object or a capture folder)",
+        description="Run notebooks 01..04 in order through papermill; executed copies go to "
+        "OUTPUT_DIR/notebooks, the trained run to OUTPUT_DIR/run.",
+    )
+    d.add_argument("--output-dir", default="outputs/demo", help="where everything goes (default: %(default)s)")
+    d.add_argument("--dataset", default="demo",
+                   help="'demo' (built-in synthetic object) or a capture folder, e.g. ../shared/datasets/shoe")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    d.add_argument("--quick", action="store_true", help="smallest settings (smoke run)")
+    d.add_argument("--preset", default=None, help="training preset (default: cpu-small on CPU, gpu-default on CUDA)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="training config override (repeatable)")
+    d.add_argument("--gt-mesh", default=None, help="ground-truth mesh for 04 (default: the demo object's)")
+    d.add_argument("--timeout", type=float, default=None, help="per-cell time limit in seconds (default: none)")
+    d.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
+    d.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser(
+        "prepare", parents=[common], help="capture folder -> dataset folder (recon_kit.data.prepare_dataset)")
+    pr.add_argument("input_dir", help="capture folder (multi_views/, depth_renders/, transforms.json?)")
+    pr.add_argument("output_dir", help="dataset folder to write (transforms.json, train/, depth/)")
+    pr.add_argument("--resolutions", type=int, nargs="+", default=None, help="square sizes to write, e.g. 512 1024")
+    pr.add_argument("--mask-source", default=None, help="where masks come from (e.g. depth, alpha, background)")
+    pr.add_argument("--align", action=argparse.BooleanOptionalAction, default=None, help="align/centre the poses")
+    pr.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    pr.set_defaults(func=cmd_prepare)
+
+    cp = sub.add_parser(
+        "check-poses", parents=[common], help="visual-hull pose check of a dataset (recon_kit.posecheck.check_poses)")
+    cp.add_argument("dataset_dir", help="prepared dataset folder (with transforms.json)")
+    cp.add_argument("--output-dir", default=None, help="also write posecheck.txt and posecheck.csv there")
+    cp.add_argument("--grid-res", type=int, default=None, help="voxel grid resolution of the hull (default 64)")
+    cp.add_argument("--resolution", type=int, default=None, help="which <res>/ folder to load (default: largest)")
+    cp.set_defaults(func=cmd_check_poses)
+
+    tr = sub.add_parser("train", parents=[common], help="train a mesh (recon_kit.train.train_from_config)")
+    tr.add_argument("config", help="preset name (cpu-small, gpu-default, ...) or a config file")
+    tr.add_argument("--dataset-dir", required=True, help="prepared dataset folder")
+    tr.add_argument("--run-dir", required=True, help="run folder, e.g. outputs/shoe")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    tr.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("recon-kit: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"recon-kit {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        if args.debug:
+            raise
+        from recon_kit.notebooks import NotebookFailed
+
+        if isinstance(err, (NotebookFailed, RuntimeError)):
+            print(f"recon-kit {args.command}: failed: {str(err).splitlines()[0]}", file=sys.stderr)
+            print("(rerun with --debug for the traceback)", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

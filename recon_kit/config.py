@@ -1,0 +1,303 @@
+"""One typed, validated configuration for a reconstruction run, with presets and nvdiffrec key mapping.
+
+``ReconConfig`` is a tree of dataclasses. :meth:`ReconConfig.from_dict` rejects unknown keys (listing the
+valid ones) and bad values; :func:`apply_overrides` takes flat dotted keys (``{"pass1.iterations": 200}``) as
+notebooks, widgets and sweeps produce them. Grid resolutions are in nvdiffrec's units (64, 128): the kit's
+own tetrahedral grid of ``grid_res // 2`` cubes per axis has about the same number of vertices and tets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    resolution: int = 256          # training resolution (square images are resized to it)
+    val_background: str = "white"  # background for previews and metrics: white, black
+    train_background: str = "random"  # background composited behind training targets: random, white, black
+    use_depth: bool = True         # use the capture's depth maps when present (scale/shift-invariant loss)
+
+
+@dataclass
+class GeometryConfig:
+    grid_res: int = 64             # nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis
+    mesh_scale: float = 2.1        # side of the cube the grid spans, centred at the origin
+    init: str = "hull"             # hull (visual hull of the masks), sphere, random (nvdiffrec)
+    hull_res: int = 96             # voxels per axis for the visual hull
+    sdf_regularizer: float = 0.2   # initial weight of the SDF sign-flip regulariser (decays to 0.01)
+    laplace_scale: float = 3000.0  # pass-2 Laplacian weight (relative mode), decays linearly to 0
+    max_faces: int = 200_000       # pass-2 meshes above this are decimated before UV unwrapping
+
+
+@dataclass
+class MaterialConfig:
+    encoder: str = "auto"          # auto (tinycudann when it passes a subprocess probe, else torch), torch, tcnn
+    hash_levels: int = 16
+    hash_features: int = 2
+    hash_log2_size: int = 19
+    hash_base_res: int = 16
+    hash_max_res: int = 4096
+    mlp_width: int = 32
+    kd_min: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    kd_max: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    ks_min: list = field(default_factory=lambda: [0.0, 0.08, 0.0])
+    ks_max: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    texture_res: int = 1024        # baked texture size for pass 2 and export
+    perturb_normal: bool = True
+
+
+@dataclass
+class LightConfig:
+    env_res: int = 256             # cube face size of the learned environment map
+    learn_light: bool = True
+    lock_light_pass2: bool = False
+
+
+@dataclass
+class LossConfig:
+    color: str = "logl1"           # logl1, l1, mse
+    coverage: float = 1.0          # weight of the mask/coverage MSE
+    kd_smooth: float = 0.03        # albedo smoothness, ramped in over 500 iterations
+    occlusion: float = 0.001       # ks occlusion-channel regulariser, ramped in over 500 iterations
+    light_reg: float = 0.005       # environment white-balance regulariser
+    depth: float = 0.0             # weight of the scale/shift-invariant depth loss (0 = off)
+
+
+@dataclass
+class PassConfig:
+    iterations: int = 5000
+    batch: int = 2
+    lr_pos: float = 0.03           # geometry learning rate (SDF/deformation or vertex offsets)
+    lr_mat: float = 0.03           # material + light learning rate
+    warmup: int = 0
+    lr_decay: float = 0.0002       # lr x 10^(-lr_decay * it) after warm-up, as nvdiffrec
+
+
+@dataclass
+class ReconConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    material: MaterialConfig = field(default_factory=MaterialConfig)
+    light: LightConfig = field(default_factory=LightConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pass1: PassConfig = field(default_factory=PassConfig)
+    pass2: PassConfig = field(default_factory=lambda: PassConfig(lr_pos=0.01, lr_mat=0.01, warmup=100))
+    seed: int = 0
+    device: str = "auto"           # auto, cpu, cuda
+    backend: str = "auto"          # auto, torch, nvdiffrast
+    checkpoint_every: int = 500
+    snapshot_every: int = 50       # training-animation frames (0 = off)
+    log_every: int = 10
+
+    # ---- construction and validation -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "ReconConfig":
+        cfg = _build(cls, data, source)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ReconConfig":
+        """Load a kit config JSON, or an nvdiffrec config JSON (detected by its keys) mapped to ours."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix the file or pass a preset name") from None
+        if _looks_like_nvdiffrec(data):
+            return from_nvdiffrec(data, source=str(path))
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    def validate(self) -> None:
+        checks = [
+            (self.data.resolution >= 16, "data.resolution must be >= 16"),
+            (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
+            (self.data.train_background in ("random", "white", "black"),
+             "data.train_background must be random, white or black"),
+            (self.geometry.grid_res >= 8 and self.geometry.grid_res % 2 == 0, "geometry.grid_res must be even and >= 8"),
+            (self.geometry.mesh_scale > 0, "geometry.mesh_scale must be > 0"),
+            (self.geometry.init in ("hull", "sphere", "random"), "geometry.init must be hull, sphere or random"),
+            (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
+            (all(len(x) == 3 for x in (self.material.kd_min, self.material.kd_max, self.material.ks_min,
+                                       self.material.ks_max)), "material kd/ks ranges need 3 values each"),
+            (self.material.texture_res >= 16, "material.texture_res must be >= 16"),
+            (self.loss.color in ("logl1", "l1", "mse"), "loss.color must be logl1, l1 or mse"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
+            (self.backend in ("auto", "torch", "nvdiffrast"), "backend must be auto, torch or nvdiffrast"),
+            (self.checkpoint_every >= 0 and self.snapshot_every >= 0, "checkpoint_every/snapshot_every must be >= 0"),
+        ]
+        for p in ("pass1", "pass2"):
+            pc: PassConfig = getattr(self, p)
+            checks += [(pc.iterations >= 0, f"{p}.iterations must be >= 0"), (pc.batch >= 1, f"{p}.batch must be >= 1"),
+                       (pc.lr_pos >= 0 and pc.lr_mat >= 0, f"{p} learning rates must be >= 0")]
+        for w in fields(self.loss):
+            if w.name != "color":
+                checks.append((getattr(self.loss, w.name) >= 0, f"loss.{w.name} must be >= 0"))
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ConfigError("invalid config: " + "; ".join(errors))
+
+
+def _build(cls, data: dict, source: str, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: section {prefix or 'root'} must be a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(known))}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        if is_dataclass(current):
+            kwargs[name] = _build(type(current), value, source, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, current, f"{prefix}{name}", source)
+    return dataclasses.replace(defaults, **kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
+    """Accept values of the default's type (ints for floats; 'true'/'false' strings for booleans)."""
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(default, (str, list)) and isinstance(value, type(default)):
+        return list(value) if isinstance(value, list) else value
+    raise ConfigError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
+
+
+def apply_overrides(cfg: ReconConfig, overrides: dict | None) -> ReconConfig:
+    """A copy of ``cfg`` with flat dotted overrides applied and validated, e.g. ``{"pass1.batch": 4}``."""
+    data = cfg.to_dict()
+    for key, value in (overrides or {}).items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"override {key!r}: no section {part!r}; sections: "
+                                  f"{', '.join(k for k, v in data.items() if isinstance(v, dict))}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {key!r}: unknown key; valid keys here: {', '.join(sorted(node))}")
+        node[parts[-1]] = value
+    return ReconConfig.from_dict(data, source="overrides")
+
+
+PRESETS: dict[str, dict] = {
+    # Minutes on a 2-core CPU: the demo, CI and notebooks under papermill.
+    "cpu-small": {"data": {"resolution": 128}, "geometry": {"grid_res": 48, "hull_res": 64, "laplace_scale": 1000.0},
+                  "material": {"texture_res": 256, "hash_levels": 8, "hash_log2_size": 15, "hash_max_res": 256},
+                  "light": {"env_res": 32},
+                  "pass1": {"iterations": 150, "batch": 2}, "pass2": {"iterations": 60, "batch": 2, "warmup": 10},
+                  "checkpoint_every": 50, "snapshot_every": 10},
+    # The user's shoe settings on a GPU (1024^2, batch 2, grid 128, 5000 + 5000 iterations).
+    "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": 2.1},
+                    "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
+                    "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
+                    "material": {"texture_res": 1024}, "snapshot_every": 100},
+    # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth).
+    "seed-nvdiffrec": {"geometry": {"init": "random"}, "data": {"use_depth": False}},
+}
+
+
+def preset(name: str) -> ReconConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return ReconConfig.from_dict(PRESETS[name], source=f"preset {name}")
+
+
+def resolve(config: str | Path | ReconConfig | None, overrides: dict | None = None) -> ReconConfig:
+    """A preset name, a JSON path (kit or nvdiffrec format), or a config object, plus overrides."""
+    if isinstance(config, ReconConfig):
+        base = config
+    elif config is None or config == "":
+        base = ReconConfig()
+    elif str(config) in PRESETS:
+        base = preset(str(config))
+    else:
+        base = ReconConfig.load(config)
+    return apply_overrides(base, overrides)
+
+
+# ---- nvdiffrec JSON ------------------------------------------------------------------------------------
+_NVDIFFREC_IGNORED = {"ref_mesh", "out_dir", "display", "save_interval", "display_interval", "validate",
+                      "random_textures", "spp", "layers", "custom_mip", "min_roughness", "local_rank",
+                      "multi_gpu", "pre_load", "display_res", "isosurface", "camera_space_light", "envmap",
+                      "env_scale", "mtl_override", "base_mesh", "cam_near_far", "laplace", "loss", "nrm_min",
+                      "nrm_max"}
+
+
+def _looks_like_nvdiffrec(data: dict) -> bool:
+    return isinstance(data, dict) and bool({"ref_mesh", "dmtet_grid", "train_res", "iter"} & set(data))
+
+
+def from_nvdiffrec(data: dict, source: str = "nvdiffrec config") -> ReconConfig:
+    """Map an nvdiffrec JSON config onto a :class:`ReconConfig` (nvdiffrec's own random SDF init, no depth).
+
+    Keys with no counterpart (display panels, output folders, ...) are accepted and ignored; keys nvdiffrec
+    itself does not know are rejected, as nvdiffrec should have done.
+    """
+    known = _NVDIFFREC_IGNORED | {"iter", "batch", "train_res", "texture_res", "learning_rate", "ks_min",
+                                  "ks_max", "kd_min", "kd_max", "dmtet_grid", "mesh_scale", "laplace_scale",
+                                  "sdf_regularizer", "background", "learn_light", "lock_light", "lock_pos",
+                                  "config"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown nvdiffrec key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    cfg = ReconConfig.from_dict(PRESETS["seed-nvdiffrec"], source=source).to_dict()
+    it = data.get("iter", 5000)
+    batch = data.get("batch", 1)
+    for p in ("pass1", "pass2"):
+        cfg[p]["iterations"], cfg[p]["batch"] = it, batch
+    lr = data.get("learning_rate", 0.01)
+    lrs = lr if isinstance(lr, list) else [lr, lr]
+    for p, value in zip(("pass1", "pass2"), lrs + lrs[-1:] * (2 - len(lrs))):
+        pos, mat = (value if isinstance(value, list) else [value, value])
+        cfg[p]["lr_pos"], cfg[p]["lr_mat"] = float(pos), float(mat)
+    if "train_res" in data:
+        res = data["train_res"]
+        cfg["data"]["resolution"] = int(res[0] if isinstance(res, list) else res)
+    if "texture_res" in data:
+        tr = data["texture_res"]
+        cfg["material"]["texture_res"] = int(tr[0] if isinstance(tr, list) else tr)
+    for key in ("ks_min", "ks_max", "kd_min", "kd_max"):
+        if key in data:
+            cfg["material"][key] = [float(x) for x in data[key][:3]]
+    if "dmtet_grid" in data:
+        cfg["geometry"]["grid_res"] = int(data["dmtet_grid"])
+    for key in ("mesh_scale", "laplace_scale", "sdf_regularizer"):
+        if key in data:
+            cfg["geometry"][key] = float(data[key])
+    if data.get("background") in ("white", "black"):
+        cfg["data"]["val_background"] = data["background"]
+    if "learn_light" in data:
+        cfg["light"]["learn_light"] = bool(data["learn_light"])
+    if "lock_light" in data:
+        cfg["light"]["lock_light_pass2"] = bool(data["lock_light"])
+    if data.get("lock_pos"):
+        cfg["pass2"]["lr_pos"] = 0.0
+    return ReconConfig.from_dict(cfg, source=source)
