@@ -301,3 +301,21 @@ def from_nvdiffrec(data: dict, source: str = "nvdiffrec config") -> ReconConfig:
     if data.get("lock_pos"):
         cfg["pass2"]["lr_pos"] = 0.0
     return ReconConfig.from_dict(cfg, source=source)
+
+
+def flatten(cfg: ReconConfig) -> dict:
+    """``{"pass1.iterations": 5000, ...}``: the dotted keys :func:`apply_overrides` takes."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        if isinstance(values, dict):
+            out.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            out[section] = values
+    return out
+
+
+def table(cfg: ReconConfig):
+    """The config as a two-column pandas table (key, value), for notebooks."""
+    import pandas as pd
+
+    return pd.DataFrame(list(flatten(cfg).items()), columns=["key", "value"]).set_index("key")

@@ -792,11 +792,34 @@ def write_dataset(capture: Capture, output_dir: str | Path, resolutions: Iterabl
         }}
         meta = transforms_dict(cams, files, dfiles, extra)
         (tmp / "transforms.json").write_text(dump_json(meta))
+        _write_test_split(capture.root, tmp, r)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
         written[r] = folder
     return written
+
+
+def _write_test_split(capture_root: Path, folder: Path, resolution: int) -> None:
+    """Carry held-out views (``transforms_test.json`` + RGBA images, as synthetic captures have) and a
+    ground-truth mesh (``gt_mesh.*``, ``gt_texture.png``) from the capture into a dataset folder."""
+    src = capture_root / "transforms_test.json"
+    if src.exists():
+        cams, files = [], []
+        (folder / "test").mkdir()
+        for cam in read_transforms(src, missing="error"):
+            rgb, alpha = read_rgb(cam.meta["file_path"])
+            w, h = fit_size(rgb.shape[1], rgb.shape[0], resolution)
+            a = np.full(rgb.shape[:2], 255, np.uint8) if alpha is None else alpha
+            rgba = np.dstack([resize_area(rgb, w, h), np.clip(resize_area(a.astype(np.float32), w, h) + 0.5, 0, 255).astype(np.uint8)])
+            name = f"test/{Path(cam.meta['file_path']).stem}.png"
+            Image.fromarray(rgba).save(folder / name)
+            cams.append(cam.resized(w, h))
+            files.append(name)
+        (folder / "transforms_test.json").write_text(dump_json(transforms_dict(cams, files, [], {})))
+    for extra in ("gt_mesh.obj", "gt_mesh.mtl", "gt_texture.png"):
+        if (capture_root / extra).exists():
+            shutil.copy2(capture_root / extra, folder / extra)
 
 
 @dataclass

@@ -354,3 +354,11 @@ if __name__ == "__main__":
         raise SystemExit(_check_kernel())
     print("usage: python -m recon_kit.notebooks --check-kernel", file=sys.stderr)
     raise SystemExit(2)
+
+
+def at_repo_root() -> Path:
+    """Make a notebook's relative paths mean the repository root, in JupyterLab (which starts kernels in
+    ``notebooks/``) as under papermill (started with ``cwd`` = the root). Returns the working directory."""
+    if Path.cwd().resolve() == NOTEBOOK_DIR.resolve():
+        os.chdir(REPO_ROOT)
+    return Path.cwd()

@@ -587,3 +587,10 @@ def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
         write_metrics_json(trainer.run_dir / "metrics.json", result)
     result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
     return result
+
+
+def metrics_table(run_dir: str | Path):
+    """The run's metrics.json as a table (one row per scalar; per-view lists are left out)."""
+    from .metrics import metrics_dataframe, read_metrics_json
+
+    return metrics_dataframe(read_metrics_json(Path(run_dir) / "metrics.json"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 from typing import Protocol, runtime_checkable
 
@@ -51,13 +52,16 @@ class Rasterizer(Protocol):
 def import_nvdiffrast():
     """Import ``nvdiffrast.torch`` (PyPI: ``diffrp-nvdiffrast``) so that its JIT-built plugin loads.
 
-    On torch >= 2.10 the plugin is built into torch's extension directory but that directory is not on
-    ``sys.path``, so the import of the built module fails after a successful build. We put the directory on
-    the path first; the build itself (about 30 s, once per machine) is nvdiffrast's own.
+    nvdiffrast builds its CUDA plugin on first use (about 30 s, once per machine) into torch's extension
+    directory, under a name made of its own and torch's versions. On torch >= 2.10 that directory is no
+    longer on ``sys.path`` when nvdiffrast imports the built module, so the import fails after a good build;
+    putting the directory on the path first (the one thing this function does) fixes it.
     """
+    import nvdiffrast
     from torch.utils import cpp_extension
 
-    for name in ("nvdiffrast_plugin", "nvdiffrast_plugin_gl"):
+    for suffix in ("", "_gl"):
+        name = re.sub(r"\W|^(?=\d)", "_", f"nvdiffrast_plugin_{nvdiffrast.__version__}_torch{torch.__version__}{suffix}")
         build_dir = cpp_extension._get_build_directory(name, False)
         if build_dir not in sys.path:
             sys.path.append(build_dir)

@@ -205,3 +205,36 @@ def transforms_table(dataset_dir: str | Path):
                      "width": c.width, "height": c.height, "fov_x_deg": float(np.degrees(c.camera_angle_x)),
                      "x": c.position[0], "y": c.position[1], "z": c.position[2]})
     return pd.DataFrame(rows).set_index("view")
+
+
+def show(image: np.ndarray, title: str | None = None, width: float = 8.0) -> Figure:
+    """One image (uint8 or float in [0,1]) as a figure without axes."""
+    h, w = image.shape[:2]
+    fig = Figure(figsize=(width, width * h / w))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def loss_curves(history: Sequence[Mapping], keys: Sequence[str] | None = None, path: str | Path | None = None) -> Figure:
+    """Loss terms (log scale) against the global iteration, pass 2 shaded; one line per term."""
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.add_subplot(111)
+    if history:
+        its = [h["global_it"] for h in history]
+        skip = {"pass", "it", "global_it", "time", "lr_pos", "lr_mat"}
+        names = keys or [k for k in history[0] if k not in skip]
+        for name in names:
+            ax.plot(its, [max(h.get(name, np.nan), 1e-12) for h in history], label=name, lw=1.6 if name == "total" else 0.9)
+        p2 = [h["global_it"] for h in history if h["pass"] == "pass2"]
+        if p2:
+            ax.axvspan(p2[0], max(its), color="0.92", zorder=0)
+            ax.text(p2[0], 1.0, " pass 2", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=4)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    return save_figure(fig, path)

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from recon_kit import config as C
+from conftest import SHOE
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = C.ReconConfig()
+    cfg.save(tmp_path / "c.json")
+    assert C.ReconConfig.load(tmp_path / "c.json") == cfg
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(C.ConfigError, match=r"unknown key\(s\) pass1.iters.*valid keys in pass1: .*iterations"):
+        C.ReconConfig.from_dict({"pass1": {"iters": 10}})
+
+
+def test_bad_types_and_values_are_named():
+    with pytest.raises(C.ConfigError, match="pass1.batch must be int"):
+        C.ReconConfig.from_dict({"pass1": {"batch": "two"}})
+    with pytest.raises(C.ConfigError, match="geometry.init must be hull, sphere or random"):
+        C.ReconConfig.from_dict({"geometry": {"init": "cube"}})
+
+
+def test_overrides_and_presets():
+    cfg = C.resolve("cpu-small", {"pass1.iterations": 7, "loss.depth": 1})
+    assert cfg.pass1.iterations == 7 and cfg.loss.depth == 1.0 and cfg.data.resolution == 128
+    with pytest.raises(C.ConfigError, match="unknown key"):
+        C.resolve("cpu-small", {"pass1.nope": 1})
+    with pytest.raises(C.ConfigError, match="unknown preset|does not exist"):
+        C.resolve("no-such-preset")
+    assert set(C.flatten(cfg)) >= {"pass1.iterations", "seed"}
+
+
+def test_invalid_json_names_the_file(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(C.ConfigError, match="bad.json is not valid JSON"):
+        C.ReconConfig.load(p)
+
+
+def test_users_nvdiffrec_config_maps():
+    path = SHOE / "reference" / "nvdiffrec_config_seed.json"
+    if not path.exists():
+        pytest.skip("reference config not available")
+    cfg = C.ReconConfig.load(path)
+    assert cfg.data.resolution == 1024 and cfg.pass1.batch == 2 and cfg.geometry.grid_res == 128
+    assert cfg.pass1.lr_pos == 0.03 and cfg.pass2.lr_mat == 0.01 and cfg.geometry.laplace_scale == 3000
+    assert cfg.material.ks_min == [0, 0.08, 0] and cfg.material.texture_res == 1024
+    assert cfg.geometry.init == "random" and cfg.data.val_background == "white"
+
+
+def test_nvdiffrec_typo_is_rejected(tmp_path):
+    p = tmp_path / "n.json"
+    p.write_text(json.dumps({"ref_mesh": "x", "learn_lighting": False}))
+    with pytest.raises(C.ConfigError, match="learn_lighting"):
+        C.ReconConfig.load(p)
