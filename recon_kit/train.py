@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from . import bake, geometry, hull, materials
 from .cameras import stack_matrices
@@ -207,7 +208,7 @@ class Trainer:
     def _material_fn(self):
         if self.pass_idx == 0:
             field = self.field
-            return lambda gb: field(gb.pos)
+            return lambda gb: field(gb.pos, gb.mask[..., 0])
         tex, rast = self.textures, self.rast
         return lambda gb: tex(rast, gb.uv, gb.uv_da)
 
@@ -255,7 +256,8 @@ class Trainer:
         mask = sub.mask[..., None]
         target = sub.rgb_linear * mask + bg * (1 - mask)
 
-        mesh = self.current_mesh()
+        with record_function("rk.extract"):
+            mesh = self.current_mesh()
         if mesh.num_faces == 0:
             log.warning("pass 1 iteration %d: the SDF has no zero crossing; only the regulariser is applied", self.it)
             loss = self.dmtet.sdf_reg_loss() + (self.dmtet.sdf - 0.1).abs().mean()
@@ -288,7 +290,8 @@ class Trainer:
         else:
             losses["laplace"] = self.fixed.laplacian(t, cfg.geometry.laplace_scale)
         total = sum(losses.values())
-        self._backward_step(total)
+        with record_function("rk.backward_step"):
+            self._backward_step(total)
         losses = {k: v.detach() for k, v in losses.items()}
         losses["total"] = total.detach()
         return losses

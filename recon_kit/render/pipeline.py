@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from ..light import perturb_normal, shade
 from ..mesh import Mesh, face_normals, vertex_normals, vertex_tangents
@@ -65,7 +66,7 @@ def rasterize_mesh(rasterizer: Rasterizer, mesh: Mesh, mvp: torch.Tensor, w2c: t
     depth, _ = rasterizer.interpolate(-cam_z.contiguous(), rast, tri)
     fn = face_normals(mesh.v_pos, mesh.t_pos_idx)
     tid = (rast[..., 3].long() - 1).clamp_min(0)
-    face_n = fn[tid] * mask
+    face_n = fn.index_select(0, tid.reshape(-1)).view(*tid.shape, 3) * mask  # not fn[tid]: its backward sorts
     uv = uv_da = None
     if mesh.has_uv:
         uv, uv_da = rasterizer.interpolate(mesh.v_tex, rast, mesh.t_tex_idx.int(), rast_db=rast_db, diff_attrs="all")
@@ -103,8 +104,10 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
     Returns ``rgb_linear`` and ``alpha`` (antialiased), and the G-buffer-derived ``depth``, ``mask``,
     ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself.
     """
-    gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
-    mat = material(gb)
+    with record_function("rk.rasterize"):
+        gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
+    with record_function("rk.material"):
+        mat = material(gb)
     campos = views["campos"][:, None, None, :]
     view_dir = F.normalize(campos - gb.pos, dim=-1, eps=1e-8)
     n_shade = perturb_normal(gb.face_normal, gb.normal, gb.tangent, mat["normal"], view_dir)
@@ -113,10 +116,12 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
     elif bsdf == "normal":
         rgb = n_shade * 0.5 + 0.5
     else:
-        rgb = shade(light, gb.pos, n_shade, mat["kd"], mat["ks"], campos, bsdf=bsdf)
+        with record_function("rk.shade"):
+            rgb = shade(light, gb.pos, n_shade, mat["kd"], mat["ks"], campos, bsdf=bsdf)
     rgb = torch.where(gb.mask > 0, rgb, background)
     color = torch.cat([rgb, gb.mask], -1)
     if antialias:
-        color = rasterizer.antialias(color, gb.rast, gb.pos_clip, gb.tri)
+        with record_function("rk.antialias"):
+            color = rasterizer.antialias(color, gb.rast, gb.pos_clip, gb.tri)
     return {"rgb_linear": color[..., :3], "alpha": color[..., 3:4], "depth": gb.depth, "mask": gb.mask,
             "kd": mat["kd"], "ks": mat["ks"], "normal": n_shade, "gbuffer": gb}

@@ -121,7 +121,10 @@ class TorchRasterizer:
                 tid = _visible_triangles(xy.detach(), zw.detach(), pc[:, 3].detach(), tri, width, height)
             pix = torch.nonzero(tid >= 0).squeeze(1)
             t = tid[pix]
-            s, wv, zv = xy[tri[t]], pc[tri[t], 3], zw[tri[t]]
+            corners = tri.index_select(0, t).reshape(-1)          # index_select: backward without a sort
+            s = xy.index_select(0, corners).view(-1, 3, 2)
+            wv = pc[:, 3].index_select(0, corners).view(-1, 3)
+            zv = zw.index_select(0, corners).view(-1, 3)
             p = centres[pix]
             u, v, z = _perspective_bary(s, wv, zv, p)
             vals = torch.stack([u, v, z, (t + 1).to(u.dtype)], -1)
@@ -234,17 +237,22 @@ def _aa_pairs(flat: torch.Tensor, delta: torch.Tensor, tid: torch.Tensor, zw: to
         ot = tri[other.clamp_min(0)]
         shared = (other >= 0) & (ot == j[:, None]).any(1) & (ot == k[:, None]).any(1)
         keep = ~shared & (lam.gather(1, opp[:, None]).squeeze(1) < 0)
+        # Each crossing is handled along one axis only, the one closer to the edge normal (else a diagonal
+        # edge would be counted by horizontal and vertical pairs and its gradient doubled).
+        d = s.gather(1, ((opp + 2) % 3)[:, None, None].expand(-1, 1, 2)).squeeze(1) - \
+            s.gather(1, ((opp + 1) % 3)[:, None, None].expand(-1, 1, 2)).squeeze(1)
+        keep &= (d[:, 1].abs() >= d[:, 0].abs()) if axis == 0 else (d[:, 0].abs() > d[:, 1].abs())
     if not bool(keep.any()):
         return
     j, k = j[keep], k[keep]
     c_front, c_back = c_front[keep], c_back[keep]
     i_front, i_back = base + p_front[keep], base + p_back[keep]
-    sj, sk = xy[j], xy[k]
+    sj, sk = xy.index_select(0, j), xy.index_select(0, k)
     ef, eb = _edge(sj, sk, c_front), _edge(sj, sk, c_back)
     denom = ef - eb
     denom = torch.where(denom.abs() < 1e-12, torch.full_like(denom, 1e-12), denom)
     t = (ef / denom).clamp(0, 1)                                     # edge crossing, 0 at front centre
-    col_f, col_b = flat[i_front], flat[i_back]
+    col_f, col_b = flat.index_select(0, i_front), flat.index_select(0, i_back)
     w_back = (t - 0.5).clamp_min(0)[:, None]                         # front surface spills into back pixel
     w_front = (0.5 - t).clamp_min(0)[:, None]                        # background spills into front pixel
     delta.index_add_(0, i_back, (col_f - col_b) * w_back)

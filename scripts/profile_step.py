@@ -1,0 +1,50 @@
+"""Profile training steps with torch.profiler: the kit's ranges (rk.*) and the top operators.
+
+    python scripts/profile_step.py --dataset path/to/prepared/1024 --preset gpu-default --steps 10 [--pass2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from recon_kit import config, data, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--preset", default="gpu-default")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--pass2", action="store_true", help="profile pass-2 steps (runs 2 pass-1 steps, then bakes)")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--rows", type=int, default=25)
+    a = ap.parse_args()
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    if a.pass2:
+        overrides.setdefault("pass1.iterations", 2)
+    cfg = config.resolve(a.preset, overrides)
+    tr = train.Trainer(cfg, data.load_viewset(a.dataset, resolution=cfg.data.resolution), None)
+    if a.pass2:
+        tr.run(cfg.pass1.iterations, progress=False)
+    tr.run(a.warmup, progress=False)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tr.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        tr.run(a.steps, progress=False)
+        if tr.device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if tr.device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages()
+    print("per step, kit ranges:")
+    for ev in sorted((e for e in table if e.key.startswith("rk.")), key=lambda e: e.key):
+        dev_t = getattr(ev, "device_time_total", getattr(ev, "cuda_time_total", 0))
+        print(f"  {ev.key:18s} cpu {ev.cpu_time_total / 1e3 / a.steps:8.2f} ms   device {dev_t / 1e3 / a.steps:8.2f} ms")
+    print(table.table(sort_by=key.replace("cuda", "device") if tr.device.type == "cuda" else key, row_limit=a.rows))
+
+
+if __name__ == "__main__":
+    main()
