@@ -129,6 +129,8 @@ class Trainer:
         res = cfg.data.resolution
         self.views = (views.resized(res, res) if views.rgb_linear.shape[1:3] != (res, res) else views).to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rast = rasterizer or get_rasterizer(cfg.backend, self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
