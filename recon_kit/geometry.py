@@ -281,7 +281,11 @@ class DMTet(nn.Module):
     @torch.no_grad()
     def init_sdf_from_occupancy(self, occ_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float = 0.5,
                                 truncation: float | None = None) -> None:
-        """Set ``sdf`` to the signed distance (world units, > 0 inside) of ``occ_fn(points) >= threshold``.
+        """Set ``sdf`` to the signed distance (in grid cells, > 0 inside) of ``occ_fn(points) >= threshold``.
+
+        Only the zero set matters to marching tets; cell units give values of order 1, like nvdiffrec's
+        U(0,1) - 0.1 init, so its learning rate (0.03) moves the surface by a fraction of a cell per step
+        (world units on a fine grid made every step flip signs and spawn floaters).
 
         ``occ_fn`` maps world points [N,3] to occupancy in [0,1] (e.g. the visual hull). It is sampled at the
         undeformed lattice, then a Euclidean distance transform on the (res+1)^3 volume gives a smooth signed
@@ -300,7 +304,7 @@ class DMTet(nn.Module):
         inside = (occ >= threshold).cpu().numpy()
         if inside.all() or not inside.any():
             warnings.warn("occupancy is constant over the grid; the extracted surface will be empty")
-            self.sdf.fill_(self.cell_size if inside.all() else -self.cell_size)
+            self.sdf.fill_(1.0 if inside.all() else -1.0)
             return
         L = self.res + 1
         vol = inside.reshape(L, L, L)
@@ -309,7 +313,7 @@ class DMTet(nn.Module):
         signed = np.where(vol, d_in - 0.5, -(d_out - 0.5))
         if truncation is not None:
             signed = np.clip(signed, -truncation, truncation)
-        self.sdf.copy_(torch.from_numpy(signed.reshape(-1) * self.cell_size).to(self.sdf))
+        self.sdf.copy_(torch.from_numpy(signed.reshape(-1)).to(self.sdf))
 
     def extract(self) -> Mesh:
         """Marching-tets mesh of the current SDF and deformation (no UVs), differentiable in both."""
