@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
+from . import __version__
 from .cameras import AXIS_VIEWS, Camera, axis_rig_c2w, focal_from_fov
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
@@ -967,3 +968,76 @@ def load_viewset(dataset_dir: str | Path, resolution: int | None = None, device=
     if resolution is not None and max(views.width, views.height) != resolution:
         views = views.resized(*fit_size(views.width, views.height, resolution))
     return views.to(device)
+
+
+# ----------------------------------------------------------------------------------------------- Radiance HDR
+# imageio's .hdr support needs the FreeImage binary (a download), so the kit reads and writes RGBE itself.
+
+
+def write_hdr(path: str | Path, image: np.ndarray) -> Path:
+    """Write a linear float ``[H,W,3]`` image as Radiance RGBE with run-length scanlines (negatives -> 0)."""
+    img = np.maximum(np.asarray(image, dtype=np.float64)[..., :3], 0.0)
+    h, w, _ = img.shape
+    peak = img.max(-1)
+    mant, exp = np.frexp(peak)
+    scale = np.where(peak > 1e-32, mant * 256.0 / np.maximum(peak, 1e-300), 0.0)
+    rgbe = np.zeros((h, w, 4), dtype=np.uint8)
+    rgbe[..., :3] = np.clip(np.floor(img * scale[..., None]), 0, 255).astype(np.uint8)
+    rgbe[..., 3] = np.where(peak > 1e-32, np.clip(exp + 128, 0, 255), 0).astype(np.uint8)
+    header = f"#?RADIANCE\nSOFTWARE=recon-kit {__version__}\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n"
+    chunks = [header.encode("ascii")]
+    if 8 <= w < 32768:
+        # new-style RLE with literal runs only: each channel of a scanline in blocks of <= 128 bytes
+        starts = np.arange(0, w, 128)
+        lengths = np.minimum(128, w - starts).astype(np.uint8)
+        line_head = bytes([2, 2, w >> 8, w & 255])
+        for row in rgbe:
+            chunks.append(line_head)
+            for c in range(4):
+                plane = row[:, c].tobytes()
+                chunks.extend(bytes([n]) + plane[s:s + n] for s, n in zip(starts, lengths.tolist()))
+    else:
+        flat = rgbe.copy()
+        run_marker = (flat[..., 0] == 1) & (flat[..., 1] == 1) & (flat[..., 2] == 1)
+        flat[run_marker, 2] = 2  # (1,1,1,x) would read as an old-style run; perturb by one mantissa step
+        chunks.append(flat.tobytes())
+    path = Path(path)
+    path.write_bytes(b"".join(chunks))
+    return path
+
+
+def read_hdr(path: str | Path) -> np.ndarray:
+    """Read a Radiance RGBE file (flat or new-style RLE, ``-Y h +X w`` orientation) as linear float32 [H,W,3]."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"#?"):
+        raise ValueError(f"{path} is not a Radiance HDR file")
+    end = data.index(b"\n\n") + 2
+    header = data[:end].decode("ascii", "replace")
+    if "FORMAT=" in header and "32-bit_rle_rgbe" not in header:
+        raise ValueError(f"{path}: only the 32-bit_rle_rgbe format is supported")
+    nl = data.index(b"\n", end)
+    m = re.fullmatch(r"-Y (\d+) \+X (\d+)", data[end:nl].decode("ascii").strip())
+    if m is None:
+        raise ValueError(f"{path}: unsupported resolution line {data[end:nl]!r}")
+    h, w = int(m.group(1)), int(m.group(2))
+    buf, pos = memoryview(data), nl + 1
+    out = np.zeros((h, w, 4), dtype=np.uint8)
+    for y in range(h):
+        if 8 <= w < 32768 and bytes(buf[pos:pos + 2]) == b"\x02\x02" and (buf[pos + 2] << 8 | buf[pos + 3]) == w:
+            pos += 4
+            for c in range(4):
+                x = 0
+                while x < w:
+                    n = buf[pos]
+                    if n > 128:
+                        out[y, x:x + n - 128, c] = buf[pos + 1]
+                        x, pos = x + n - 128, pos + 2
+                    else:
+                        out[y, x:x + n, c] = np.frombuffer(buf[pos + 1:pos + 1 + n], np.uint8)
+                        x, pos = x + n, pos + 1 + n
+        else:
+            out[y] = np.frombuffer(buf[pos:pos + 4 * w], np.uint8).reshape(w, 4)
+            pos += 4 * w
+    e = out[..., 3].astype(np.int32)
+    f = np.where(e > 0, np.ldexp(1.0, e - 136), 0.0)
+    return ((out[..., :3].astype(np.float64) + 0.5) * f[..., None]).astype(np.float32)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -41,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .data import read_hdr, write_hdr  # noqa: F401  (probe files; re-exported)
 
 FACE_NAMES: tuple[str, ...] = ("+x", "-x", "+y", "-y", "+z", "-z")
 #: Per face: (U_f, V_f, N_f) of the module docstring.
@@ -799,70 +800,6 @@ def latlong_to_cube(img, res: int, supersample: int | None = None) -> torch.Tens
 def cube_to_latlong(cube: torch.Tensor, height: int, width: int | None = None) -> torch.Tensor:
     """Resample ``cube [6, R, R, C]`` to a lat-long image ``[height, width (default 2 height), C]``."""
     return cube_lookup(cube, latlong_dirs(height, width, cube.device, cube.dtype))
-
-
-def write_hdr(path: str | Path, img: np.ndarray) -> None:
-    """Write a linear float image ``[H, W, 3]`` as a Radiance RGBE ``.hdr`` (uncompressed scanlines).
-
-    Written by the kit with numpy because imageio's Radiance support needs the FreeImage binary (a download).
-    """
-    img = np.ascontiguousarray(np.asarray(img, dtype=np.float32)[..., :3]).clip(min=0.0)
-    H, W = img.shape[:2]
-    m = img.max(-1)
-    mant, exp = np.frexp(m)
-    scale = np.where(m > 1e-32, mant * 256.0 / np.maximum(m, 1e-32), 0.0)
-    rgbe = np.zeros((H, W, 4), dtype=np.uint8)
-    rgbe[..., :3] = np.clip(np.floor(img * scale[..., None]), 0, 255).astype(np.uint8)
-    rgbe[..., 3] = np.where(m > 1e-32, np.clip(exp + 128, 0, 255), 0).astype(np.uint8)
-    header = f"#?RADIANCE\n# written by recon-kit\nFORMAT=32-bit_rle_rgbe\n\n-Y {H} +X {W}\n".encode("ascii")
-    Path(path).write_bytes(header + rgbe.tobytes())
-
-
-def _decode_scanline(data: bytes, pos: int, width: int) -> tuple[np.ndarray, int]:
-    head = data[pos:pos + 4]
-    if width < 8 or width > 0x7FFF or head[0] != 2 or head[1] != 2 or (head[2] & 0x80):
-        end = pos + 4 * width
-        return np.frombuffer(data[pos:end], dtype=np.uint8).reshape(width, 4), end
-    if (head[2] << 8 | head[3]) != width:
-        raise ValueError("corrupt RLE scanline in .hdr file")
-    pos += 4
-    line = np.empty((4, width), dtype=np.uint8)
-    for ch in range(4):
-        x = 0
-        while x < width:
-            count = data[pos]
-            pos += 1
-            if count > 128:
-                count -= 128
-                line[ch, x:x + count] = data[pos]
-                pos += 1
-            else:
-                line[ch, x:x + count] = np.frombuffer(data[pos:pos + count], dtype=np.uint8)
-                pos += count
-            x += count
-    return line.T, pos
-
-
-def read_hdr(path: str | Path) -> np.ndarray:
-    """Read a Radiance RGBE ``.hdr`` file (flat or new-style RLE, ``-Y H +X W``) -> float32 ``[H, W, 3]``."""
-    data = Path(path).read_bytes()
-    end = data.find(b"\n\n")
-    if not data.startswith(b"#?") or end < 0:
-        raise ValueError(f"{path}: not a Radiance .hdr file")
-    if b"32-bit_rle_rgbe" not in data[:end]:
-        raise ValueError(f"{path}: only FORMAT=32-bit_rle_rgbe is supported")
-    line_end = data.index(b"\n", end + 2)
-    m = re.fullmatch(rb"-Y (\d+) \+X (\d+)", data[end + 2:line_end].strip())
-    if not m:
-        raise ValueError(f"{path}: unsupported orientation {data[end + 2:line_end]!r} (need '-Y H +X W')")
-    H, W = int(m.group(1)), int(m.group(2))
-    pos = line_end + 1
-    rgbe = np.empty((H, W, 4), dtype=np.uint8)
-    for y in range(H):
-        rgbe[y], pos = _decode_scanline(data, pos, W)
-    e = rgbe[..., 3].astype(np.int32)
-    scale = np.where(e > 0, np.ldexp(1.0, e - 136), 0.0).astype(np.float32)
-    return ((rgbe[..., :3].astype(np.float32) + 0.5) * scale[..., None]).astype(np.float32)
 
 
 def save_probe_hdr(path: str | Path, light: EnvLight, height: int | None = None) -> None:

@@ -201,7 +201,6 @@ class TorchRasterizer:
 def _aa_pairs(flat: torch.Tensor, delta: torch.Tensor, tid: torch.Tensor, zw: torch.Tensor, xy: torch.Tensor,
               tri: torch.Tensor, axis: int, base: int, width: int) -> None:
     """Blend pixel pairs along ``axis`` (0: horizontal, 1: vertical) that a silhouette edge separates."""
-    height = tid.shape[0]
     if axis == 0:
         ta, tb = tid[:, :-1], tid[:, 1:]
         za, zb = zw[:, :-1], zw[:, 1:]
