@@ -154,9 +154,13 @@ def silhouette_iou(mask_a: ArrayLike, mask_b: ArrayLike, threshold: float = 0.5)
 
 
 def to_trimesh(mesh: Any) -> "trimesh.Trimesh":
-    """A :class:`trimesh.Trimesh` view of a recon-kit Mesh, a Trimesh or a Scene (parts concatenated)."""
+    """A :class:`trimesh.Trimesh` view of a recon-kit Mesh, a Trimesh, a Scene (parts concatenated) or a file."""
     import trimesh
 
+    if isinstance(mesh, (str, Path)):
+        if not Path(mesh).exists():
+            raise FileNotFoundError(f"mesh file {mesh} does not exist")
+        mesh = trimesh.load(str(mesh), process=False)
     if isinstance(mesh, Mesh):
         return trimesh.Trimesh(mesh.v_pos.detach().cpu().numpy().astype(np.float64),
                                mesh.t_pos_idx.detach().cpu().numpy(), process=False)
