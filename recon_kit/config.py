@@ -155,7 +155,7 @@ class ReconConfig:
             raise ConfigError("invalid config: " + "; ".join(errors))
 
 
-def _build(cls, data: dict, source: str, prefix: str = ""):
+def _build(cls, data: dict, source: str, prefix: str = "", defaults=None):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: section {prefix or 'root'} must be a JSON object, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -164,11 +164,11 @@ def _build(cls, data: dict, source: str, prefix: str = ""):
         raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
                           f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(known))}")
     kwargs = {}
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for name, value in data.items():
         current = getattr(defaults, name)
-        if is_dataclass(current):
-            kwargs[name] = _build(type(current), value, source, f"{prefix}{name}.")
+        if is_dataclass(current):  # start from this section's own defaults (pass2 differs from pass1)
+            kwargs[name] = _build(type(current), value, source, f"{prefix}{name}.", current)
         else:
             kwargs[name] = _coerce(value, current, f"{prefix}{name}", source)
     return dataclasses.replace(defaults, **kwargs)

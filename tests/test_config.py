@@ -57,3 +57,9 @@ def test_nvdiffrec_typo_is_rejected(tmp_path):
     p.write_text(json.dumps({"ref_mesh": "x", "learn_lighting": False}))
     with pytest.raises(C.ConfigError, match="learn_lighting"):
         C.ReconConfig.load(p)
+
+
+def test_partial_sections_keep_their_own_defaults():
+    cfg = C.ReconConfig.from_dict({"pass2": {"iterations": 10}})
+    assert cfg.pass2.lr_pos == 0.01 and cfg.pass2.warmup == 100 and cfg.pass2.iterations == 10
+    assert C.preset("cpu-small").pass2.lr_mat == 0.01
