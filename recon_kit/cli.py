@@ -159,11 +159,63 @@ def cmd_train(a: argparse.Namespace) -> int:
     func = _load("recon_kit.train", "train_from_config")
     run_dir = Path(a.run_dir).resolve()
     cfg = str(Path(config).resolve()) if looks_like_file else config
+    if a.nproc != 1:  # data parallel: torchrun runs recon_kit.distributed in N processes (docs/distributed.md)
+        if a.nproc < 1:
+            raise CommandError(f"--nproc must be >= 1, got {a.nproc}")
+        launch = _load("recon_kit.distributed", "launch")
+        rc = launch(a.nproc, ds, cfg, run_dir, _overrides(a.set), resume=a.resume, overwrite=a.overwrite,
+                    check=False).returncode
+        return EXIT_FAILED if rc else 0
     extra = {"overwrite": True} if a.overwrite else {}
     result = func(cfg, ds, run_dir, _overrides(a.set), a.resume, **extra)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    grid: dict[str, list[Any]] = {}
+    for spec in a.grid or []:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise CommandError(f"--grid expects KEY=V1,V2,... (e.g. --grid pass1.lr_mat=0.01,0.03), got {spec!r}")
+        if key.strip() in grid:
+            raise CommandError(f"--grid {key.strip()} is given twice; list all its values in one --grid")
+        from recon_kit.runs import parse_grid_values
+
+        grid[key.strip()] = parse_grid_values(values.strip(), _parse_value)
+    explicit = None
+    if a.runs:
+        explicit = json.loads(Path(a.runs).read_text()) if Path(a.runs).exists() else None
+        if not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit):
+            raise CommandError(f"--runs {a.runs}: expected a JSON file holding a list of {{key: value}} objects")
+    if not grid and not explicit:
+        raise CommandError("nothing to sweep: give --grid KEY=V1,V2 (repeatable) and/or --runs FILE.json")
+    from recon_kit import runs
+
+    base = _overrides(a.set)
+    out = Path(a.out)
+    if a.dataset == "demo":
+        from recon_kit.config import resolve
+
+        dataset = runs.demo_dataset(out / "data", resolve(a.preset, base).data.resolution)
+    else:
+        dataset = _existing_dir(a.dataset, "dataset folder")
+    sweep = runs.Sweep(out, dataset, grid=grid, runs=explicit, preset=a.preset, base=base, engine=a.engine,
+                       timeout=a.timeout)
+    if a.dry_run:
+        print(sweep.plan().to_string())
+        return 0
+    table = sweep.run(progress=not a.no_progress, retry_failed=a.retry_failed, rerun=a.rerun)
+    table = table.loc[[n for n in sweep.names if n in table.index]]
+    print(runs.summary(table).to_string())
+    print(f"sweep folder: {out} (manifest: {sweep.manifest_path})")
+    failed = table.index[table["status"] != "finished"].tolist()
+    if failed:
+        print(f"recon-kit sweep: {len(failed)} of {len(table)} runs did not finish: {', '.join(failed)} "
+              f"(see error.txt in their folders)", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -203,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare", parents=[common], help="capture folder -> dataset folder (recon_kit.data.prepare_dataset)")
     pr.add_argument("input_dir", help="capture folder (multi_views/, depth_renders/, transforms.json?)")
     pr.add_argument("output_dir", help="dataset folder to write (transforms.json, train/, depth/)")
-    pr.add_argument("--resolutions", type=int, nargs="+", default=None, help="square sizes to write, e.g. 512 1024")
+    pr.add_argument("--resolutions", type=int, nargs="+", default=None, help="longest image side of each dataset to write, e.g. 512 1024")
     pr.add_argument("--mask-source", default=None, help="where masks come from (e.g. depth, alpha, background)")
-    pr.add_argument("--align", action=argparse.BooleanOptionalAction, default=None, help="align/centre the poses")
+    pr.add_argument("--align", action=argparse.BooleanOptionalAction, default=None, help="move each depth mask onto its photo (shift + uniform scale)")
     pr.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     pr.set_defaults(func=cmd_prepare)
 
@@ -224,7 +276,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    tr.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="data-parallel training in N processes (one per GPU) through torchrun (default: 1)")
     tr.set_defaults(func=cmd_train)
+
+    sw = sub.add_parser(
+        "sweep", parents=[common], help="train a grid or list of parameter sets, one run folder each (recon_kit.runs)",
+        description="Train every combination of the --grid values (and the --runs sets), each into OUT/<params> "
+        "(e.g. OUT/pass1.lr_mat=0.01__geometry.grid_res=32), with OUT/sweep.json as the manifest. Finished runs "
+        "are skipped when the sweep runs again; a failed run leaves error.txt and the others go on "
+        "(exit status 1 when any failed). Compare them with notebooks/05_compare_runs.ipynb.",
+    )
+    sw.add_argument("--dataset", required=True,
+                    help="prepared dataset folder, or 'demo' (the synthetic object, prepared into OUT/data)")
+    sw.add_argument("--out", required=True, help="sweep folder, e.g. outputs/sweeps/lr")
+    sw.add_argument("--preset", default="cpu-small",
+                    help="preset or config file every run starts from (default: %(default)s)")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                    help="a swept config key and its values (repeatable: every combination runs)")
+    sw.add_argument("--runs", metavar="FILE.json", help="explicit parameter sets: a JSON list of {key: value} objects")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
+    sw.add_argument("--engine", default="trainer", choices=["trainer", "papermill"],
+                    help="train in this process, or execute notebooks/03_train.ipynb per run (default: %(default)s)")
+    sw.add_argument("--rerun", action="store_true", help="train finished runs again")
+    sw.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", help="leave failed runs as they are")
+    sw.add_argument("--timeout", type=float, default=None, help="papermill engine: per-cell time limit in seconds")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
+    sw.set_defaults(func=cmd_sweep)
     return p
 
 

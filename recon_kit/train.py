@@ -107,6 +107,18 @@ def _average_gradients(param_groups: list[dict], world_size: int) -> None:
         offset += g.numel()
 
 
+def _mean_over_ranks(losses: dict, world_size: int, device: torch.device) -> dict:
+    """Losses averaged over ranks (each rank holds the losses of its share of the batch), as floats."""
+    if world_size == 1:
+        return {k: float(v) for k, v in losses.items()}
+    import torch.distributed as dist
+
+    keys = list(losses)
+    flat = torch.stack([torch.as_tensor(losses[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
+    dist.all_reduce(flat)
+    return dict(zip(keys, (flat / world_size).tolist()))
+
+
 @dataclass
 class StepResult:
     pass_name: str
@@ -317,7 +329,7 @@ class Trainer:
             rec = {"pass": result.pass_name, "it": result.iteration, "global_it": self.global_iteration(),
                    "time": round(self.timings[result.pass_name], 3),
                    "lr_pos": self.opt_geo.param_groups[0]["lr"], "lr_mat": self.opt_mat.param_groups[0]["lr"]}
-            rec.update({k: float(v) for k, v in result.losses.items()})
+            rec.update(_mean_over_ranks(result.losses, self.world_size, self.device))
             self.history.append(rec)
             if self.run_dir is not None:
                 with open(self.run_dir / "history.jsonl", "a") as f:
@@ -579,6 +591,17 @@ def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
     from .metrics import write_metrics_json
 
     exported = trainer.export()
+    if trainer.run_dir is not None:  # training.gif (+ .mp4) from the snapshots, before metrics.json marks the run done
+        try:
+            from .animation import training_animation
+
+            animation = training_animation(trainer.run_dir)
+            if animation is not None:
+                exported["animation"] = animation
+        except Exception as err:  # noqa: BLE001 - a convenience output never fails a finished run
+            import warnings
+
+            warnings.warn(f"training animation not written: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
     result = {"iterations": {"pass1": trainer.cfg.pass1.iterations, "pass2": trainer.cfg.pass2.iterations},
               "timings_s": dict(trainer.timings), "device": str(trainer.device), "backend": trainer.rast.name,
               "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
