@@ -69,7 +69,7 @@ class LossConfig:
     kd_smooth: float = 0.03        # albedo smoothness, ramped in over 500 iterations
     occlusion: float = 0.001       # ks occlusion-channel regulariser, ramped in over 500 iterations
     light_reg: float = 0.005       # environment white-balance regulariser
-    depth: float = 0.0             # weight of the scale/shift-invariant depth loss (0 = off)
+    depth: float = 1.0             # scale/shift-invariant depth loss, used when the data has depth (0 = off)
 
 
 @dataclass
