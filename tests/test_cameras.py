@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from recon_kit import cameras as C
-from conftest import SHOE
+from pathlib import Path
+
+SHOE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoe"
 
 
 def test_axis_rig_matches_user_reference():

@@ -3,7 +3,9 @@ import json
 import pytest
 
 from recon_kit import config as C
-from conftest import SHOE
+from pathlib import Path
+
+SHOE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoe"
 
 
 def test_defaults_validate_and_round_trip(tmp_path):
