@@ -1,12 +1,11 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from recon_kit import cameras as C
-from pathlib import Path
-
 SHOE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoe"
 
 

@@ -1,10 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from recon_kit import config as C
-from pathlib import Path
-
 SHOE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoe"
 
 
