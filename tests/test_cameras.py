@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recon_kit import cameras as C
+
 SHOE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoe"
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from recon_kit import config as C
+
 SHOE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoe"
 
 
