@@ -39,7 +39,16 @@ DEMO_DATASET = "demo"  # 01_prepare_data synthesises the built-in demo object fo
 RESULT_FILES = {"mesh": "mesh/model.glb", "viewer": "viewer.html", "turntable": "turntable.gif"}
 
 # Smallest settings (``quick=True``): a smoke run of the whole chain on a CPU.
-QUICK = {"resolutions": [64], "grid_res": 32, "preset": "cpu-small"}
+QUICK = {"resolutions": [64], "grid_res": 32, "preset": "cpu-small",
+         "overrides": {"data.resolution": 64, "geometry.grid_res": 32, "geometry.hull_res": 48,
+                       "material.texture_res": 128, "pass1.iterations": 40, "pass2.iterations": 20,
+                       "pass2.warmup": 5, "checkpoint_every": 0, "snapshot_every": 0},
+         "inspect": {"n_frames": 12, "turntable_res": 128}}
+
+# 03's overrides for the default CPU demo (preset cpu-small at 128^2): about 0.2 s per pass-1 iteration on an idle
+# 2-core machine and a few times that in pass 2 (texture sampling), i.e. 2-3 minutes of training, so `make demo`
+# stays well under 10 minutes there.
+DEMO_CPU_OVERRIDES = {"pass1.iterations": 400, "pass2.iterations": 100}
 
 
 class NotebookParameterError(ValueError):
@@ -214,7 +223,9 @@ def run_demo(
         output_dir/notebooks/   the executed notebooks
 
     ``quick``: the smallest settings (:data:`QUICK`), for a smoke run. ``preset`` defaults to ``cpu-small`` on a
-    CPU and ``gpu-default`` on CUDA; ``overrides`` go to 03's ``overrides`` (config keys).
+    CPU and ``gpu-default`` on CUDA; ``overrides`` go to 03's ``overrides`` (config keys). Without ``overrides``,
+    03 gets the quick settings' overrides, or :data:`DEMO_CPU_OVERRIDES` for the default preset on a CPU; given
+    ``overrides`` replace those (they are not merged).
     """
     from recon_kit.rundir import safe_rmtree
 
@@ -245,6 +256,7 @@ def run_demo(
     nb01, nb02, nb03, nb04 = declared
 
     dev = _auto_device(device)
+    preset_given = preset
     if preset is None:
         preset = QUICK["preset"] if (quick or dev == "cpu") else "gpu-default"
     dataset_dir, posecheck_dir, run_dir = out / "data", out / "posecheck", out / "run"
@@ -269,12 +281,20 @@ def run_demo(
     req = {_pick(nb03, names[2], "dataset_dir", "data_dir"): dataset_dir,
            _pick(nb03, names[2], "run_dir"): run_dir}
     opt = {"preset": preset, "device": dev, "interactive": False, "overwrite": overwrite}
+    if not overrides:
+        if quick:
+            overrides = QUICK["overrides"]
+        elif dev == "cpu" and preset_given is None:
+            overrides = DEMO_CPU_OVERRIDES
     if overrides:
         req[_pick(nb03, names[2], "overrides")] = dict(overrides)
     plan.append((names[2], req, opt))
     # 04 inspect mesh (gt_mesh filled in after 01 ran)
     req = {_pick(nb04, names[3], "run_dir"): run_dir}
-    plan.append((names[3], req, {"device": dev, "interactive": False, "dataset_dir": dataset_dir}))
+    opt = {"device": dev, "interactive": False, "dataset_dir": dataset_dir}
+    if quick:
+        opt.update(QUICK["inspect"])
+    plan.append((names[3], req, opt))
 
     if replace:
         safe_rmtree(out)

@@ -27,7 +27,7 @@ from torch.profiler import record_function
 from . import bake, geometry, hull, materials
 from .cameras import stack_matrices
 from .config import ReconConfig, resolve
-from .data import ViewSet, linear_to_srgb, load_viewset
+from .data import DataError, ViewSet, linear_to_srgb, load_viewset
 from .light import EnvLight
 from .render import get_rasterizer, make_background, render_mesh
 from .render.pipeline import frame_from_normal
@@ -607,10 +607,13 @@ def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
               "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
               "faces": trainer.fixed.mesh().num_faces}
     result.update(trainer.evaluate(split="train"))
-    test_file = Path(dataset_dir) / "transforms_test.json"
-    if test_file.exists():
-        result.update(trainer.evaluate(load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution,
-                                                    split="test"), split="test"))
+    result["dataset_dir"] = str(Path(dataset_dir).resolve())
+    try:  # held-out views, when the dataset (or its <res>/ folder) has transforms_test.json
+        test_views = load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution, split="test")
+    except DataError:
+        test_views = None
+    if test_views is not None:
+        result.update(trainer.evaluate(test_views, split="test"))
     if trainer.run_dir is not None:
         write_metrics_json(trainer.run_dir / "metrics.json", result)
     result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
