@@ -29,14 +29,14 @@ def sphere_mesh(faces: int, device) -> Mesh:
     return Mesh(v, f, uv, f.clone())
 
 
-def bench(backend: str, device: str, res: int, faces: int, batch: int, iters: int) -> dict:
+def bench(backend: str, device: str, res: int, faces: int, batch: int, iters: int, env_res: int = 256) -> dict:
     dev = torch.device(device)
     rast = get_rasterizer(backend, dev)
     mesh = sphere_mesh(faces, dev)
     offset = torch.zeros_like(mesh.v_pos, requires_grad=True)
     kd = torch.rand(1, 1024, 1024, 3, device=dev, requires_grad=True)
     ks = torch.tensor([0.0, 0.5, 0.0], device=dev).expand(1, 1024, 1024, 3).contiguous().requires_grad_(True)
-    light = EnvLight(256).to(dev)
+    light = EnvLight(env_res).to(dev)
     views = C.stack_matrices(C.axis_rig(res, res)[:batch], device=dev)
     bg = torch.ones(batch, res, res, 3, device=dev)
 
@@ -72,11 +72,12 @@ def main() -> None:
     ap.add_argument("--faces", type=int, nargs="+", default=[20000])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--env-res", type=int, default=256, help="cube face size of the learned light")
     a = ap.parse_args()
     print("| backend | device | resolution | faces | fwd+bwd ms/view | peak GiB |\n|---|---|---|---|---|---|")
     for res in a.res:
         for faces in a.faces:
-            r = bench(a.backend, a.device, res, faces, a.batch, a.iters)
+            r = bench(a.backend, a.device, res, faces, a.batch, a.iters, a.env_res)
             print(f"| {r['backend']} | {r['device']} | {r['res']}² | {r['faces']} | {r['ms_per_view']:.2f} | {r['peak_gib']:.2f} |",
                   flush=True)
 
