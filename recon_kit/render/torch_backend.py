@@ -269,13 +269,18 @@ def mip_chain(tex: torch.Tensor, max_level: int | None = None) -> list[torch.Ten
     return levels
 
 
-def _wrap_index(i: torch.Tensor, n: int, boundary_mode: str) -> torch.Tensor:
-    return torch.remainder(i, n) if boundary_mode == "wrap" else i.clamp(0, n - 1)
+def _wrap_index(i: torch.Tensor, n, boundary_mode: str) -> torch.Tensor:
+    """Texel index ``i`` wrapped or clamped into ``[0, n)``; ``n`` may be an int or a per-pixel tensor."""
+    if boundary_mode == "wrap":
+        return torch.remainder(i, n)
+    return torch.minimum(i.clamp_min(0), torch.as_tensor(n, device=i.device) - 1)
 
 
-def _bilinear_gather(tex: torch.Tensor, uv: torch.Tensor, boundary_mode: str) -> torch.Tensor:
-    """Bilinear lookup of tex [N,h,w,C] (N = 1 or batch) at uv [B,H,W,2] by explicit gathers."""
-    n, h, w, c = tex.shape
+def _bilinear_flat(flat: torch.Tensor, total: int, n: int, uv: torch.Tensor, h, w, level_offset,
+                   boundary_mode: str) -> torch.Tensor:
+    """Bilinear lookup at uv [B,H,W,2] in images stored flat (``flat`` [n * total, C], image k of size h x w at
+    ``k * total + level_offset``); ``h``, ``w`` and ``level_offset`` may be ints or per-pixel tensors."""
+    c = flat.shape[-1]
     x = uv[..., 0] * w - 0.5
     y = uv[..., 1] * h - 0.5
     x0, y0 = torch.floor(x), torch.floor(y)
@@ -283,12 +288,10 @@ def _bilinear_gather(tex: torch.Tensor, uv: torch.Tensor, boundary_mode: str) ->
     x0, y0 = x0.long(), y0.long()
     xs = (_wrap_index(x0, w, boundary_mode), _wrap_index(x0 + 1, w, boundary_mode))
     ys = (_wrap_index(y0, h, boundary_mode), _wrap_index(y0 + 1, h, boundary_mode))
-    flat = tex.reshape(n, h * w, c)
-    bsel = torch.zeros(uv.shape[:-1], dtype=torch.long, device=uv.device)
+    off = torch.zeros(uv.shape[:-1], dtype=torch.long, device=uv.device) + level_offset
     if n > 1:
-        bsel = bsel + torch.arange(n, device=uv.device).view(-1, *([1] * (uv.ndim - 2)))
-    flat = flat.reshape(n * h * w, c)
-    off = bsel * (h * w)
+        off = off + total * torch.arange(n, device=uv.device).view(-1, *([1] * (uv.ndim - 2)))
+
     def g(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
         idx = off + yy * w + xx
         return flat.index_select(0, idx.reshape(-1)).view(*idx.shape, c)  # backward: index_add_, no sort
@@ -298,20 +301,35 @@ def _bilinear_gather(tex: torch.Tensor, uv: torch.Tensor, boundary_mode: str) ->
     return top * (1 - fy) + bot * fy
 
 
+def _bilinear_gather(tex: torch.Tensor, uv: torch.Tensor, boundary_mode: str) -> torch.Tensor:
+    """Bilinear lookup of tex [N,h,w,C] (N = 1 or batch) at uv [B,H,W,2] by explicit gathers."""
+    n, h, w, c = tex.shape
+    return _bilinear_flat(tex.reshape(n * h * w, c), h * w, n, uv, h, w, 0, boundary_mode)
+
+
 def _sample_bilinear_levels(levels: list[torch.Tensor], uv: torch.Tensor, lod: torch.Tensor,
                             boundary_mode: str) -> torch.Tensor:
-    """Trilinear filtering: bilinear in the two mip levels around ``lod`` and a lerp between them."""
+    """Trilinear filtering: bilinear in the two mip levels around ``lod`` and a lerp between them.
+
+    The pyramid is concatenated into one flat buffer, so each pixel gathers from exactly its two levels
+    (8 taps) instead of every level in use being sampled over the whole image.
+    """
     if len(levels) == 1:
         return _bilinear_gather(levels[0], uv, boundary_mode)
-    lo = torch.floor(lod).long()
+    n, c = levels[0].shape[0], levels[0].shape[-1]
+    dev = uv.device
+    flat = torch.cat([lv.reshape(n, -1, c) for lv in levels], 1)
+    total = flat.shape[1]
+    hs = torch.tensor([lv.shape[1] for lv in levels], device=dev)
+    ws = torch.tensor([lv.shape[2] for lv in levels], device=dev)
+    offsets = torch.cumsum(hs * ws, 0) - hs * ws
+    lo = torch.floor(lod).long().clamp(0, len(levels) - 1)
+    hi = (lo + 1).clamp_max(len(levels) - 1)
     frac = (lod - lo).unsqueeze(-1)
-    out = torch.zeros(*uv.shape[:-1], levels[0].shape[-1], device=uv.device, dtype=levels[0].dtype)
-    used = torch.unique(torch.cat([lo.flatten(), (lo + 1).clamp_max(len(levels) - 1).flatten()])).tolist()
-    for level in used:
-        weight = torch.where(lo == level, 1 - frac.squeeze(-1), torch.zeros_like(lod))
-        weight = weight + torch.where((lo + 1) == level, frac.squeeze(-1), torch.zeros_like(lod))
-        out = out + _bilinear_gather(levels[level], uv, boundary_mode) * weight.unsqueeze(-1)
-    return out
+    flat = flat.reshape(n * total, c)
+    a = _bilinear_flat(flat, total, n, uv, hs[lo], ws[lo], offsets[lo], boundary_mode)
+    b = _bilinear_flat(flat, total, n, uv, hs[hi], ws[hi], offsets[hi], boundary_mode)
+    return a + (b - a) * frac
 
 
 def _sample_nearest(tex: torch.Tensor, uv: torch.Tensor, boundary_mode: str) -> torch.Tensor:
