@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,4 +102,5 @@ def test_comparison_grid_and_panels(trained):
     fig = tt.comparison_grid(run, ds, max_views=2)
     assert len(fig.axes) >= 6
     assert len(tt.texture_panel(run).axes) == 3 and len(tt.probe_panel(run).axes) == 1
-    assert inspect.find_dataset_dir(run, "") is None and inspect.find_dataset_dir(run, str(ds)) == ds
+    assert Path(inspect.find_dataset_dir(run, "")).resolve() == Path(ds).resolve()  # recorded by train.finish
+    assert inspect.find_dataset_dir(run, str(ds)) == ds
