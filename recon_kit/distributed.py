@@ -333,27 +333,13 @@ def train_loop(ctx: DistContext, trainer, iterations: int | None = None, progres
     """Run ``iterations`` steps (default: to the end) on every rank (collective; call it on every rank with the
     same arguments). Use this instead of ``Trainer.run`` under torch.distributed: it does the pass switch on rank 0
     and broadcasts it, and reseeds ranks > 0 per step (:func:`rank_seed`)."""
-    from tqdm.auto import tqdm
 
-    remaining = trainer.total_iterations() - trainer.global_iteration()
-    n = remaining if iterations is None else min(iterations, remaining)
-    bar = tqdm(total=n, disable=not (progress and ctx.is_main), desc=trainer.pass_name, leave=True)
-    try:
-        for _ in range(n):
-            if trainer.pass_idx == 0 and trainer.it >= trainer.cfg.pass1.iterations:
-                if ctx.distributed:
-                    _switch_to_pass2(ctx, trainer)
-                # single process: Trainer.step() switches by itself
-            _reseed(ctx, trainer)
-            result = trainer.step()
-            bar.set_description(result.pass_name)
-            if trainer.it % trainer.cfg.log_every == 0:
-                bar.set_postfix(loss=f"{float(result.losses['total']):.4f}")
-            bar.update(1)
-            if callback is not None:
-                callback(trainer, result)
-    finally:
-        bar.close()
+    def before_step(tr) -> None:
+        if ctx.distributed and tr.pass_idx == 0 and tr.it >= tr.cfg.pass1.iterations:
+            _switch_to_pass2(ctx, tr)  # single process: Trainer.step() switches by itself
+        _reseed(ctx, tr)
+
+    trainer.run(iterations, progress=progress and ctx.is_main, callback=callback, before_step=before_step)
     return trainer
 
 

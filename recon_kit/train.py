@@ -393,8 +393,13 @@ class Trainer:
     # ---- running -------------------------------------------------------------------------------------
     def run(self, iterations: int | None = None, progress: bool = True,
             callback: Callable[["Trainer", StepResult], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> "Trainer":
-        """Run ``iterations`` steps (default: to the end of both passes) with a tqdm progress bar."""
+            should_stop: Callable[[], bool] | None = None,
+            before_step: Callable[["Trainer"], None] | None = None) -> "Trainer":
+        """Run ``iterations`` steps (default: to the end of both passes) with a tqdm progress bar.
+
+        ``before_step(trainer)`` runs before each step (the distributed loop does its collective pass switch
+        and reseeding there); ``callback(trainer, result)`` after it.
+        """
         from tqdm.auto import tqdm
 
         remaining = self.total_iterations() - self.global_iteration()
@@ -403,6 +408,8 @@ class Trainer:
         for _ in range(n):
             if should_stop is not None and should_stop():
                 break
+            if before_step is not None:
+                before_step(self)
             result = self.step()
             bar.set_description(result.pass_name)
             if self.it % self.cfg.log_every == 0:
