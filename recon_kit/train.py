@@ -140,6 +140,8 @@ class Trainer:
         self.device = pick_device(str(device or cfg.device))
         res = cfg.data.resolution
         self.views = (views.resized(res, res) if views.rgb_linear.shape[1:3] != (res, res) else views).to(self.device)
+        # Camera matrices of every training view, built once: a step only indexes them (no host work).
+        self._view_mats = stack_matrices(self.views.cameras, device=self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +268,8 @@ class Trainer:
             share = len(idx) // self.world_size
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
         sub = self.views.subset(idx.tolist())
-        cams = stack_matrices(sub.cameras, device=self.device)
+        sel = idx.to(self.device)
+        cams = {k: v.index_select(0, sel) for k, v in self._view_mats.items()}
         mask = sub.mask[..., None]
         target = sub.rgb_linear * mask + bg * (1 - mask)
 
