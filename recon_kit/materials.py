@@ -298,6 +298,11 @@ def _unit_normal(n: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.cat([n[..., :2], n[..., 2:].clamp_min(1e-6)], -1), dim=-1)
 
 
+def _masked_indices(mask: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+    """Flat indices of ``mask > 0``: ``pixels`` when the caller already has them, else found here (a host sync)."""
+    return pixels if pixels is not None else torch.nonzero(mask.reshape(-1) > 0).squeeze(1)
+
+
 class MaterialField(nn.Module):
     """Hash-grid + MLP material over world space: pos [...,3] -> dict(kd, ks, normal) [...,3] each.
 
@@ -337,11 +342,13 @@ class MaterialField(nn.Module):
         lo, hi = self.aabb[0], self.aabb[1]
         return ((pos - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
 
-    def forward(self, pos: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, pos: torch.Tensor, mask: torch.Tensor | None = None, pixels: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """Material at ``pos`` [...,3]. With ``mask`` [...] only points where mask > 0 are evaluated (zeros
-        elsewhere): less hash-grid work for sparse G-buffers, at the cost of one host sync (boolean indexing)."""
+        elsewhere): less hash-grid work for sparse G-buffers, at the cost of one host sync (boolean indexing),
+        saved when their flat indices ``pixels`` are passed too (:meth:`GBuffer.pixels`)."""
         if mask is not None:
-            idx = torch.nonzero(mask.reshape(-1) > 0).squeeze(1)
+            idx = _masked_indices(mask, pixels)
             inner = self(pos.reshape(-1, 3).index_select(0, idx))
             n = mask.numel()
             return {k: torch.zeros(n, v.shape[-1], device=v.device, dtype=v.dtype).index_copy(0, idx, v)
@@ -353,12 +360,13 @@ class MaterialField(nn.Module):
         return {"kd": out[..., 0:3], "ks": out[..., 3:6], "normal": _unit_normal(out[..., 6:9])}
 
     def kd_smoothness(self, pos: torch.Tensor, mask: torch.Tensor | None = None, sigma: float = 0.01,
-                      kd: torch.Tensor | None = None) -> torch.Tensor:
+                      kd: torch.Tensor | None = None, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """nvdiffrec's albedo regulariser ``mean(mean_c |kd(x + e) - kd(x)| * mask)``, e ~ N(0, sigma) in world
         units, the mean taken over all of ``pos``'s points. Only points with mask > 0 are evaluated (one host
-        sync); pass ``kd`` = kd(pos) when already computed to halve the work."""
+        sync unless their flat indices ``pixels`` are given); pass ``kd`` = kd(pos) when already computed to
+        halve the work."""
         if mask is not None:
-            idx = torch.nonzero(mask.reshape(-1) > 0).squeeze(1)   # index_select: its backward is a fast index_add_
+            idx = _masked_indices(mask, pixels)   # index_select below: its backward is a fast index_add_
             pos, weight = pos.reshape(-1, 3).index_select(0, idx), mask.reshape(-1).index_select(0, idx)
             kd = kd.reshape(-1, kd.shape[-1]).index_select(0, idx) if kd is not None else None
             count = mask.numel()

@@ -147,6 +147,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rast = rasterizer or get_rasterizer(cfg.backend, self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        # Random backgrounds are drawn where they are used: megapixels of host noise copied every step cost more
+        # than the rest of the step's host work.
+        self.bg_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         torch.manual_seed(cfg.seed)
         self.pass_idx = 0
         self.it = 0
@@ -224,7 +227,7 @@ class Trainer:
     def _material_fn(self):
         if self.pass_idx == 0:
             field = self.field
-            return lambda gb: field(gb.pos, gb.mask[..., 0])
+            return lambda gb: field(gb.pos, gb.mask[..., 0], pixels=gb.pixels())
         tex, rast = self.textures, self.rast
         return lambda gb: tex(rast, gb.uv, gb.uv_da)
 
@@ -260,10 +263,7 @@ class Trainer:
                 group["lr"] = base * factor
         idx = self._next_batch(pc.batch)              # the global batch: identical on every rank
         H, W = self.views.rgb_linear.shape[1:3]
-        if cfg.data.train_background == "random":
-            bg = torch.rand(len(idx), H, W, 3, generator=self.generator).to(self.device)
-        else:
-            bg = make_background(cfg.data.train_background, (len(idx), H, W), self.device)
+        bg = make_background(cfg.data.train_background, (len(idx), H, W), self.device, generator=self.bg_generator)
         if self.world_size > 1:                       # each rank renders its share of the views
             share = len(idx) // self.world_size
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
@@ -290,7 +290,7 @@ class Trainer:
         gmask = out["mask"][..., 0]
         if lw.kd_smooth > 0:
             if self.pass_idx == 0:
-                kd_s = self.field.kd_smoothness(out["gbuffer"].pos, gmask, kd=out["kd"])
+                kd_s = self.field.kd_smoothness(out["gbuffer"].pos, gmask, kd=out["kd"], pixels=out["gbuffer"].pixels())
             else:
                 gb = out["gbuffer"]
                 kd_s = self.textures.kd_smoothness(self.rast, gb.uv, gmask, uv_da=gb.uv_da, kd=out["kd"])
@@ -468,7 +468,8 @@ class Trainer:
         state = {"pass_idx": self.pass_idx, "it": self.it, "cfg": self.cfg.to_dict(), "history": self.history,
                  "timings": self.timings, "order": list(self._order), "light": self.light.state_dict(),
                  "opt_geo": self.opt_geo.state_dict(), "opt_mat": self.opt_mat.state_dict(),
-                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+                 "generator": self.generator.get_state(), "bg_generator": self.bg_generator.get_state(),
+                 "torch_rng": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.pass_idx == 0:
@@ -498,6 +499,8 @@ class Trainer:
         self.opt_geo.load_state_dict(state["opt_geo"])
         self.opt_mat.load_state_dict(state["opt_mat"])
         self.generator.set_state(state["generator"])
+        if "bg_generator" in state:
+            self.bg_generator.set_state(state["bg_generator"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)

@@ -1,12 +1,14 @@
 """Profile training steps with torch.profiler: the kit's ranges (rk.*) and the top operators.
 
     python scripts/profile_step.py --dataset path/to/prepared/1024 --preset gpu-default --steps 10 [--pass2]
+    python scripts/profile_step.py --dataset ... --steps 0 --time 100     # wall time per step only, no profiler
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -23,6 +25,7 @@ def main() -> None:
     ap.add_argument("--pass2", action="store_true", help="profile pass-2 steps (runs 2 pass-1 steps, then bakes)")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--time", type=int, default=0, help="also time this many steps without the profiler")
     a = ap.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.pass2:
@@ -32,6 +35,17 @@ def main() -> None:
     if a.pass2:
         tr.run(cfg.pass1.iterations, progress=False)
     tr.run(a.warmup, progress=False)
+    if a.time:
+        sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        tr.run(a.time, progress=False)
+        sync()
+        ms = 1e3 * (time.perf_counter() - t0) / a.time
+        print(f"{tr.pass_name}: {ms:.1f} ms/step over {a.time} steps ({tr.device}, {cfg.data.resolution}px, "
+              f"batch {tr._pass_cfg.batch}, overrides {overrides})")
+    if a.steps <= 0:
+        return
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tr.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         tr.run(a.steps, progress=False)

@@ -1,12 +1,14 @@
 """Deferred rendering of a mesh: G-buffer, material lookup, split-sum shading, compositing, antialiasing.
 
-Backend-agnostic: everything goes through a :class:`~recon_kit.render.raster.Rasterizer`. A render call does
-no host-device synchronisation and no Python loop over pixels or triangles.
+Backend-agnostic: everything goes through a :class:`~recon_kit.render.raster.Rasterizer`. Shading runs on the
+covered pixels only (an object often covers a tenth of the image); finding them is the one host-device
+synchronisation of a render call, shared with the material through :meth:`GBuffer.pixels`. No Python loop over
+pixels or triangles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -36,6 +38,24 @@ class GBuffer:
     depth: torch.Tensor
     uv: torch.Tensor | None = None
     uv_da: torch.Tensor | None = None
+    _pixels: torch.Tensor | None = field(default=None, repr=False)
+
+    def pixels(self) -> torch.Tensor:
+        """Flat indices ``[N]`` (into ``B*H*W``) of the covered pixels, computed once (one host sync)."""
+        if self._pixels is None:
+            self._pixels = torch.nonzero(self.mask.reshape(-1) > 0).squeeze(1)
+        return self._pixels
+
+    def rows(self, image: torch.Tensor) -> torch.Tensor:
+        """The covered pixels' values ``[N,C]`` of a ``[B,H,W,C]`` image (``index_select``: no sort in backward)."""
+        return image.reshape(-1, image.shape[-1]).index_select(0, self.pixels())
+
+    def scatter(self, values: torch.Tensor, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """``[N,C]`` values of the covered pixels back into a ``[B,H,W,C]`` image over ``fill`` (differentiable
+        w.r.t. ``values``; ``fill`` is a scalar or an image broadcastable to ``[B,H,W,C]``)."""
+        shape = (*self.mask.shape[:3], values.shape[-1])
+        base = torch.as_tensor(fill, dtype=values.dtype, device=values.device).expand(shape).reshape(-1, shape[-1])
+        return base.index_copy(0, self.pixels(), values).view(shape)
 
 
 def clip_positions(v_pos: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
@@ -108,17 +128,22 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
         gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
     with record_function("rk.material"):
         mat = material(gb)
-    campos = views["campos"][:, None, None, :]
-    view_dir = F.normalize(campos - gb.pos, dim=-1, eps=1e-8)
-    n_shade = perturb_normal(gb.face_normal, gb.normal, gb.tangent, mat["normal"], view_dir)
-    if bsdf == "kd":
-        rgb = mat["kd"]
-    elif bsdf == "normal":
-        rgb = n_shade * 0.5 + 0.5
-    else:
-        with record_function("rk.shade"):
-            rgb = shade(light, gb.pos, n_shade, mat["kd"], mat["ks"], campos, bsdf=bsdf)
-    rgb = torch.where(gb.mask > 0, rgb, background)
+    with record_function("rk.shade"):
+        H, W = gb.mask.shape[1:3]
+        pos = gb.rows(gb.pos)
+        campos = views["campos"].index_select(0, torch.div(gb.pixels(), H * W, rounding_mode="floor"))
+        view_dir = F.normalize(campos - pos, dim=-1, eps=1e-8)
+        n_map = mat.get("normal")
+        n_shade = perturb_normal(gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
+                                 None if n_map is None else gb.rows(n_map), view_dir)
+        if bsdf == "kd":
+            rgb = gb.rows(mat["kd"][..., 0:3])
+        elif bsdf == "normal":
+            rgb = n_shade * 0.5 + 0.5
+        else:
+            rgb = shade(light, pos, n_shade, gb.rows(mat["kd"]), gb.rows(mat["ks"]), campos, bsdf=bsdf)
+        rgb = gb.scatter(rgb, background)
+        n_shade = gb.scatter(n_shade)
     color = torch.cat([rgb, gb.mask], -1)
     if antialias:
         with record_function("rk.antialias"):
