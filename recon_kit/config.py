@@ -94,6 +94,7 @@ class ReconConfig:
     seed: int = 0
     device: str = "auto"           # auto, cpu, cuda
     backend: str = "auto"          # auto, torch, nvdiffrast
+    compile: str = "auto"          # torch.compile of shading and hash grid: auto (on CUDA only), on, off
     checkpoint_every: int = 500
     snapshot_every: int = 50       # training-animation frames (0 = off)
     log_every: int = 10
@@ -128,6 +129,7 @@ class ReconConfig:
     def validate(self) -> None:
         checks = [
             (self.data.resolution >= 16, "data.resolution must be >= 16"),
+            (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
             (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),

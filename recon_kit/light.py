@@ -476,6 +476,46 @@ def roughness_to_level(roughness: torch.Tensor, num_levels: int) -> torch.Tensor
     return torch.where(roughness < MAX_ROUGHNESS, lo, hi)
 
 
+@dataclass(frozen=True)
+class ShadingMaps:
+    """The pre-integrated light as plain tensors: all that shading reads (and what a compiled shader takes).
+
+    ``spec_flat``: the padded specular chain, flat ``[sum 6 (R_i+2)^2, 3]``; ``sizes``/``offsets`` ``[M]``: each
+    level's face size and start row; ``diff_flat``: the padded irradiance cube of face size ``diffuse_res``.
+    """
+
+    spec_flat: torch.Tensor
+    diff_flat: torch.Tensor
+    sizes: torch.Tensor
+    offsets: torch.Tensor
+    num_levels: int
+    diffuse_res: int
+
+
+def irradiance_at(maps: ShadingMaps, normal: torch.Tensor) -> torch.Tensor:
+    """Cosine-weighted (normalised) irradiance along ``normal [..., 3]`` -> ``[..., 3]``."""
+    face, uv = dir_to_face_uv(normal)
+    idx, w = _bilinear_taps(face, uv, maps.diffuse_res)
+    return _gather_weighted(maps.diff_flat, idx, w)
+
+
+def prefiltered_at(maps: ShadingMaps, dirs: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
+    """GGX-prefiltered radiance along ``dirs [..., 3]`` for ``roughness [..., 1] or [...]``: bilinear in the
+    two chain levels around nvdiffrec's ``g(r)``, linearly blended."""
+    if roughness.dim() == dirs.dim():
+        roughness = roughness.squeeze(-1)
+    M = maps.num_levels
+    level = roughness_to_level(roughness.to(dirs.dtype), M)
+    lo = level.detach().floor().clamp(0, M - 1)
+    t = (level - lo).unsqueeze(-1)
+    lo = lo.long()
+    hi = (lo + 1).clamp(max=M - 1)
+    face, uv = dir_to_face_uv(dirs)
+    i_lo, w_lo = _bilinear_taps(face, uv, maps.sizes[lo], maps.offsets[lo])
+    i_hi, w_hi = _bilinear_taps(face, uv, maps.sizes[hi], maps.offsets[hi])
+    return _gather_weighted(maps.spec_flat, torch.cat((i_lo, i_hi), -1), torch.cat((w_lo * (1 - t), w_hi * t), -1))
+
+
 @dataclass
 class MipLevel:
     """One specular level: its resolution, the resolution its GGX filter runs at, and its roughness."""
@@ -626,32 +666,19 @@ class EnvLight(nn.Module):
         if self._built_key is None or self._built_key[:3] != key[:3] or (key[3] and not self._built_key[3]):
             self.build_mips()
 
+    def maps(self) -> ShadingMaps:
+        """The pre-integrated maps (rebuilt first when ``base`` changed or a backward consumed the last build)."""
+        self._ensure_built()
+        sizes, offsets = self._level_tables(self.base.device)
+        return ShadingMaps(self._spec_flat, self._diff_flat, sizes, offsets, len(self.levels), self.diffuse_res)
+
     def irradiance(self, normal: torch.Tensor) -> torch.Tensor:
         """Cosine-weighted (normalised) irradiance along ``normal [..., 3]`` -> ``[..., 3]``."""
-        self._ensure_built()
-        face, uv = dir_to_face_uv(normal)
-        idx, w = _bilinear_taps(face, uv, self.diffuse_res)
-        return _gather_weighted(self._diff_flat, idx, w)
+        return irradiance_at(self.maps(), normal)
 
     def prefiltered(self, dirs: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
-        """GGX-prefiltered radiance along ``dirs [..., 3]`` for ``roughness [..., 1] or [...]``: bilinear in the
-        two chain levels around nvdiffrec's ``g(r)``, linearly blended."""
-        self._ensure_built()
-        dev = dirs.device
-        if roughness.dim() == dirs.dim():
-            roughness = roughness.squeeze(-1)
-        M = len(self.levels)
-        level = roughness_to_level(roughness.to(dirs.dtype), M)
-        lo = level.detach().floor().clamp(0, M - 1)
-        t = (level - lo).unsqueeze(-1)
-        lo = lo.long()
-        hi = (lo + 1).clamp(max=M - 1)
-        sizes, offsets = self._level_tables(dev)
-        face, uv = dir_to_face_uv(dirs)
-        i_lo, w_lo = _bilinear_taps(face, uv, sizes[lo], offsets[lo])
-        i_hi, w_hi = _bilinear_taps(face, uv, sizes[hi], offsets[hi])
-        return _gather_weighted(self._spec_flat, torch.cat((i_lo, i_hi), -1),
-                                torch.cat((w_lo * (1 - t), w_hi * t), -1))
+        """GGX-prefiltered radiance along ``dirs [..., 3]`` for ``roughness [..., 1] or [...]``."""
+        return prefiltered_at(self.maps(), dirs, roughness)
 
     def shade(self, gb_pos: torch.Tensor, gb_normal: torch.Tensor, kd: torch.Tensor, ks: torch.Tensor,
               campos: torch.Tensor, bsdf: str = "pbr") -> torch.Tensor:
@@ -690,7 +717,15 @@ def _broadcast_campos(campos: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def shade(light: EnvLight, gb_pos: torch.Tensor, gb_normal: torch.Tensor, kd: torch.Tensor, ks: torch.Tensor,
           campos: torch.Tensor, bsdf: str = "pbr", lut: torch.Tensor | None = None) -> torch.Tensor:
-    """nvdiffrec split-sum shading -> linear RGB ``[..., 3]``.
+    """nvdiffrec split-sum shading under ``light`` -> linear RGB ``[..., 3]`` (see :func:`split_sum`)."""
+    if lut is None:
+        lut = fg_lut(device=gb_pos.device)
+    return split_sum(light.maps(), lut, gb_pos, gb_normal, kd, ks, campos, bsdf)
+
+
+def split_sum(maps: ShadingMaps, lut: torch.Tensor, gb_pos: torch.Tensor, gb_normal: torch.Tensor,
+              kd: torch.Tensor, ks: torch.Tensor, campos: torch.Tensor, bsdf: str = "pbr") -> torch.Tensor:
+    """nvdiffrec split-sum shading with pre-integrated ``maps`` -> linear RGB ``[..., 3]``.
 
     ``gb_pos``, ``gb_normal`` (world), ``kd`` (first 3 channels used) and ``ks = (occlusion, roughness,
     metallic)`` are ``[..., 3]``; ``campos`` broadcasts against them (``[B, 3]`` with ``[B, ..., 3]`` inputs is
@@ -704,18 +739,16 @@ def shade(light: EnvLight, gb_pos: torch.Tensor, gb_normal: torch.Tensor, kd: to
     n = _safe_normalize(gb_normal)
     occlusion = ks[..., 0:1]
     if bsdf == "diffuse":
-        return light.irradiance(n) * kd * (1.0 - occlusion)
+        return irradiance_at(maps, n) * kd * (1.0 - occlusion)
     rough, metal = ks[..., 1:2], ks[..., 2:3]
     diff_col = kd * (1.0 - metal)
     spec_col = 0.04 * (1.0 - metal) + kd * metal
     wo = _safe_normalize(_broadcast_campos(campos, gb_pos) - gb_pos)
     nwo = _dot(n, wo)
     refl = 2.0 * nwo * n - wo
-    if lut is None:
-        lut = fg_lut(device=gb_pos.device)
     fg = lut_lookup(lut.to(gb_pos.dtype), nwo.clamp_min(1e-4).squeeze(-1), rough.squeeze(-1))
-    spec = light.prefiltered(refl, rough)
-    diffuse = light.irradiance(n)
+    spec = prefiltered_at(maps, refl, rough)
+    diffuse = irradiance_at(maps, n)
     return (diffuse * diff_col + spec * (spec_col * fg[..., 0:1] + fg[..., 1:2])) * (1.0 - occlusion)
 
 

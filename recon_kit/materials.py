@@ -275,7 +275,8 @@ def make_encoder(kind: str = "auto", device: torch.device | str | None = None, *
     if kind == "tcnn" or (kind == "auto" and device.type == "cuda"):
         if device.type == "cuda" and tcnn_available():
             log.info("hash-grid encoder: tiny-cuda-nn")
-            return TcnnHashGridEncoder(**{k: v for k, v in kwargs.items() if k != "grad_scale"}).to(device)
+            return TcnnHashGridEncoder(**{k: v for k, v in kwargs.items() if k not in ("grad_scale", "compile")}
+                                       ).to(device)
         if kind == "tcnn":
             raise RuntimeError("tiny-cuda-nn was requested but is not usable here (needs CUDA and a passing probe)")
     enc = HashGridEncoder(device=device, **kwargs)

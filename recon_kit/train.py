@@ -146,6 +146,7 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rast = rasterizer or get_rasterizer(cfg.backend, self.device)
+        self._compile = {"auto": None, "on": True, "off": False}[cfg.compile]   # None: on CUDA only
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         # Random backgrounds are drawn where they are used: megapixels of host noise copied every step cost more
         # than the rest of the step's host work.
@@ -184,7 +185,7 @@ class Trainer:
             torch.stack([lo, hi]), encoder=m.encoder, hidden=m.mlp_width, kd_min=m.kd_min, kd_max=m.kd_max,
             ks_min=m.ks_min, ks_max=m.ks_max, device=self.device, n_levels=m.hash_levels,
             n_features=m.hash_features, log2_table=m.hash_log2_size, base_res=m.hash_base_res,
-            max_res=m.hash_max_res)
+            max_res=m.hash_max_res, compile=self._compile)
         self.light = EnvLight(cfg.light.env_res).to(self.device)
         self.fixed = self.textures = None
         self._make_optimizers()
@@ -281,7 +282,7 @@ class Trainer:
             self._backward_step(loss)
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
 
-        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg)
+        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * mask, target * mask, lw.color),
@@ -438,7 +439,8 @@ class Trainer:
                 out_rgb.append(bg), out_alpha.append(torch.zeros(1, H, W, 1, device=self.device))
                 out_depth.append(torch.zeros(1, H, W, 1, device=self.device))
                 continue
-            out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, bsdf=bsdf)
+            out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, bsdf=bsdf,
+                              compile=self._compile)
             out_rgb.append(out["rgb_linear"]), out_alpha.append(out["alpha"]), out_depth.append(out["depth"])
         return {"rgb_linear": torch.cat(out_rgb), "alpha": torch.cat(out_alpha), "depth": torch.cat(out_depth)}
 

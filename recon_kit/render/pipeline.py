@@ -8,6 +8,8 @@ pixels or triangles.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..light import perturb_normal, shade
+from ..light import ShadingMaps, fg_lut, perturb_normal, split_sum
 from ..mesh import Mesh, face_normals, vertex_normals, vertex_tangents
 from .raster import Rasterizer
+
+log = logging.getLogger(__name__)
 
 #: A material maps a G-buffer to per-pixel ``kd`` [B,H,W,3], ``ks`` [B,H,W,3] and ``normal`` (tangent space).
 MaterialFn = Callable[["GBuffer"], dict]
@@ -115,14 +119,58 @@ def make_background(kind: str, shape: tuple[int, ...], device, reference: torch.
     raise ValueError(f"unknown background {kind!r}; use white, black, random or reference")
 
 
+def shade_pixels(maps: ShadingMaps | None, lut: torch.Tensor | None, pos: torch.Tensor, campos: torch.Tensor,
+                 face_normal: torch.Tensor, normal: torch.Tensor, tangent: torch.Tensor,
+                 normal_map: torch.Tensor | None, kd: torch.Tensor, ks: torch.Tensor, bsdf: str = "pbr"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear RGB ``[N,3]`` and the shading normal ``[N,3]`` of ``N`` surface points (rows of a G-buffer).
+
+    Two-sided normal-mapped shading normal, then split-sum shading (``bsdf`` pbr/diffuse) or a debug output
+    (``kd``, ``normal``: ``maps`` and ``lut`` may then be None). A pure tensor function, so it compiles.
+    """
+    view_dir = F.normalize(campos - pos, dim=-1, eps=1e-8)
+    n_shade = perturb_normal(face_normal, normal, tangent, normal_map, view_dir)
+    if bsdf == "kd":
+        return kd[..., 0:3], n_shade
+    if bsdf == "normal":
+        return n_shade * 0.5 + 0.5, n_shade
+    return split_sum(maps, lut, pos, n_shade, kd, ks, campos, bsdf), n_shade
+
+
+class _CompiledShader:
+    """:func:`shade_pixels` through ``torch.compile(dynamic=True)`` (the pixel count changes every step): its
+    ~200 elementwise and gather ops, forward and backward, become a few fused kernels. After a compiler failure
+    it logs a warning and stays eager."""
+
+    def __init__(self) -> None:
+        self.fn, self.failed = torch.compile(shade_pixels, dynamic=True), False
+
+    def __call__(self, *args, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.failed:
+            try:
+                return self.fn(*args, **kw)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: stay eager
+                log.warning("torch.compile of the shading failed (%s: %s); using the eager version",
+                            type(exc).__name__, exc)
+                self.failed = True
+        return shade_pixels(*args, **kw)
+
+
+@functools.cache
+def compiled_shader() -> _CompiledShader:
+    """The process's one compiled shader (compiling is per process; its graphs are cached by shape class)."""
+    return _CompiledShader()
+
+
 def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tuple[int, int],
                 material: MaterialFn, light, background: torch.Tensor, bsdf: str = "pbr",
-                antialias: bool = True) -> dict:
+                antialias: bool = True, compile: bool | None = None) -> dict:
     """Render ``mesh`` with ``material`` under ``light`` over ``background`` [B,H,W,3] (all linear RGB).
 
     ``views`` holds ``mvp``, ``w2c`` [B,4,4] and ``campos`` [B,3] (see :func:`recon_kit.cameras.stack_matrices`).
     Returns ``rgb_linear`` and ``alpha`` (antialiased), and the G-buffer-derived ``depth``, ``mask``,
-    ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself.
+    ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself. ``compile`` runs the
+    shading compiled (:func:`shade_pixels`; default: on CUDA only; eager again if the compiler fails).
     """
     with record_function("rk.rasterize"):
         gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
@@ -132,16 +180,12 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
         H, W = gb.mask.shape[1:3]
         pos = gb.rows(gb.pos)
         campos = views["campos"].index_select(0, torch.div(gb.pixels(), H * W, rounding_mode="floor"))
-        view_dir = F.normalize(campos - pos, dim=-1, eps=1e-8)
         n_map = mat.get("normal")
-        n_shade = perturb_normal(gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
-                                 None if n_map is None else gb.rows(n_map), view_dir)
-        if bsdf == "kd":
-            rgb = gb.rows(mat["kd"][..., 0:3])
-        elif bsdf == "normal":
-            rgb = n_shade * 0.5 + 0.5
-        else:
-            rgb = shade(light, pos, n_shade, gb.rows(mat["kd"]), gb.rows(mat["ks"]), campos, bsdf=bsdf)
+        pbr = bsdf in ("pbr", "diffuse")
+        shader = compiled_shader() if (pos.is_cuda if compile is None else compile) else shade_pixels
+        rgb, n_shade = shader(light.maps() if pbr else None, fg_lut(device=pos.device) if pbr else None,
+                              pos, campos, gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
+                              None if n_map is None else gb.rows(n_map), gb.rows(mat["kd"]), gb.rows(mat["ks"]), bsdf)
         rgb = gb.scatter(rgb, background)
         n_shade = gb.scatter(n_shade)
     color = torch.cat([rgb, gb.mask], -1)
