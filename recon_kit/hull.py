@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -284,25 +284,17 @@ def camera_rays(camera: Camera, device="cpu") -> tuple[torch.Tensor, torch.Tenso
     return origin, d_cam.reshape(-1, 3) @ rot.T
 
 
-def project_silhouette(hull: HullGrid, camera: Camera, step: float = 0.5, chunk: int = 1 << 22,
-                       soft: bool = False) -> torch.Tensor:
-    """The hull's silhouette ``[H,W]`` seen by ``camera``: float 0/1, or with ``soft`` the largest occupancy
-    along each ray (0.5 = the hull's surface).
-
-    Each pixel's ray is marched through the occupied part of the volume every ``step`` voxels and the trilinear
-    occupancy is thresholded at 0.5 (the level set half-way between kept and carved nodes).
-    """
-    h, w = camera.height, camera.width
-    out = torch.zeros(h * w, dtype=torch.float32, device=hull.device)
+def _march(hull: HullGrid, camera: Camera, step: float, chunk: int
+           ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Pixel rays through the hull's occupied box, sampled every ``step`` voxels: yields, per chunk of rays, the
+    flat pixel indices ``[R]``, the ray parameters (camera depth) ``[R,n]`` and the trilinear occupancy ``[R,n]``."""
     box = hull.occupied_bounds(pad=1.0)
     if box is None:
-        return out.reshape(h, w)
+        return
     origin, dirs = camera_rays(camera, hull.device)
     t0, t1 = _ray_box(origin, dirs, box)
     t0 = t0.clamp_min(0.0)
     hit = torch.nonzero(t1 > t0).reshape(-1)
-    if hit.numel() == 0:
-        return out.reshape(h, w)
     diag = float(np.linalg.norm(box[1] - box[0]))
     n = max(2, int(math.ceil(diag / (step * float(hull.voxel_size.min())))))
     frac = (torch.arange(n, device=hull.device, dtype=torch.float32) + 0.5) / n
@@ -311,7 +303,31 @@ def project_silhouette(hull: HullGrid, camera: Camera, step: float = 0.5, chunk:
         idx = hit[s:s + rays_per_chunk]
         t = t0[idx, None] + (t1 - t0)[idx, None] * frac
         pts = origin + dirs[idx, None, :] * t[..., None]
-        occ = hull.occupancy_fn(pts.reshape(-1, 3)).reshape(-1, n)
+        yield idx, t, hull.occupancy_fn(pts.reshape(-1, 3)).reshape(-1, n)
+
+
+def project_silhouette(hull: HullGrid, camera: Camera, step: float = 0.5, chunk: int = 1 << 22,
+                       soft: bool = False) -> torch.Tensor:
+    """The hull's silhouette ``[H,W]`` seen by ``camera``: float 0/1, or with ``soft`` the largest occupancy
+    along each ray (0.5 = the hull's surface).
+
+    Each pixel's ray is marched through the occupied part of the volume every ``step`` voxels and the trilinear
+    occupancy is thresholded at 0.5 (the level set half-way between kept and carved nodes).
+    """
+    out = torch.zeros(camera.height * camera.width, dtype=torch.float32, device=hull.device)
+    for idx, _, occ in _march(hull, camera, step, chunk):
         peak = occ.max(-1).values
         out[idx] = peak.clamp(0.0, 1.0) if soft else (peak > 0.5).float()
-    return out.reshape(h, w)
+    return out.reshape(camera.height, camera.width)
+
+
+def project_depth(hull: HullGrid, camera: Camera, step: float = 0.5, chunk: int = 1 << 22) -> torch.Tensor:
+    """Camera depth ``[H,W]`` (distance along the viewing axis) of the first sample inside the hull along each
+    pixel ray, 0 where the ray misses it: the depth map the hull would produce, good to ``step`` voxels. The hull
+    contains the object, so this is never farther than the object's own depth."""
+    out = torch.zeros(camera.height * camera.width, dtype=torch.float32, device=hull.device)
+    for idx, t, occ in _march(hull, camera, step, chunk):
+        inside = occ > 0.5
+        first = inside.float().argmax(-1, keepdim=True)
+        out[idx] = torch.where(inside.any(-1), t.gather(1, first)[:, 0], torch.zeros_like(t[:, 0]))
+    return out.reshape(camera.height, camera.width)

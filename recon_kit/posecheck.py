@@ -380,7 +380,7 @@ def suggest_fixes(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0), mask_s
     return fixes
 
 
-def _rescaled(cameras: Sequence[Camera], angle: float | None, distance: float | None) -> list[Camera]:
+def rescaled_cameras(cameras: Sequence[Camera], angle: float | None, distance: float | None = None) -> list[Camera]:
     """Cameras with a new horizontal field of view (pixel aspect kept) and/or distance to the origin."""
     out = []
     for c in cameras:
@@ -435,7 +435,7 @@ def calibrate(cameras, masks=None, angles: Sequence[float] = tuple(np.linspace(0
     cams, m = _working_set(cams, m, mask_size)
 
     def score(angle: float | None, d: float | None) -> list[float]:
-        cs = _rescaled(cams, angle, d)
+        cs = rescaled_cameras(cams, angle, d)
         if bounds is None:
             dist = float(np.mean([np.linalg.norm(c.position) for c in cs]))
             half = dist * math.tan(0.5 * float(np.mean([c.camera_angle_x for c in cs])))

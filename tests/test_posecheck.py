@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 
 from recon_kit import synth  # noqa: E402
 from recon_kit.cameras import Camera, axis_rig, look_at, stack_matrices  # noqa: E402
-from recon_kit.hull import camera_rays, carve, project_silhouette  # noqa: E402
+from recon_kit.hull import camera_rays, carve, project_depth, project_silhouette  # noqa: E402
 from recon_kit.posecheck import (  # noqa: E402
     Fix,
     apply_pixel_map,
@@ -102,6 +102,11 @@ def test_carve_sphere_volume_occupancy_and_silhouettes():
         assert iou > 0.9
     mesh = hull.to_mesh()
     assert mesh.is_watertight and abs(mesh.volume - vol) / vol < 0.35
+    depth = project_depth(hull, cams[0])  # front camera on +z; on its axis the hull ends where the side views'
+    on_axis = 3.0 - 3.0 * math.tan(math.asin(0.6 / 3.0))  # tangent cones meet: z = 3 tan(asin(r / d))
+    assert abs(float(depth[31:33, 31:33].mean()) - on_axis) < 0.05
+    sil = project_silhouette(hull, cams[0]) > 0.5
+    assert bool((depth[~sil] == 0).all()) and bool((depth[sil] > 2.3).all()) and bool((depth[sil] < 3.0).all())
 
 
 def test_unknown_does_not_carve():
@@ -331,3 +336,24 @@ def test_pictures_render(tmp_path):
         scene = vizcam.k3d_camera_scene(cams, images, hull_points=hull, volume=2.1)
         path = vizcam.save_scene_html(scene, tmp_path / "scene.html")
     assert path.stat().st_size > 10_000
+
+
+def test_calibration_evidence_script_on_the_demo_capture(tmp_path):
+    """scripts/calibration_evidence.py: on a capture rendered at 0.85, every score's best angle is near 0.85."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    cap = synth.write_demo_capture(tmp_path / "capture", resolution=128, n_test=0)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "calibration_evidence.py"
+    cmd = [sys.executable, str(script), str(cap), "--out", str(tmp_path / "ev"), "--angles", "0.65", "1.05", "0.1",
+           "--size", "128", "--res", "64"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    table = pd.read_csv(tmp_path / "ev" / "evidence.csv")
+    assert list(table.columns) == ["camera_angle_x", "coverage_depth", "coverage_photo", "depth_r2", "depth_slope_cv"]
+    for col in ("coverage_depth", "coverage_photo", "depth_r2"):
+        assert abs(table.loc[table[col].idxmax(), "camera_angle_x"] - 0.85) <= 0.1 + 1e-9, (col, table)
+    assert (tmp_path / "ev" / "evidence.png").stat().st_size > 0
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
