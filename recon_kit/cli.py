@@ -136,9 +136,19 @@ def cmd_check_poses(a: argparse.Namespace) -> int:
     load_viewset = _load("recon_kit.data", "load_viewset")
     check_poses = _load("recon_kit.posecheck", "check_poses")
     views = load_viewset(ds, resolution=a.resolution)
-    report = _call(check_poses, {"data": views}, {"res": a.grid_res})
+    report = _call(check_poses, {"data": views}, {"res": a.grid_res, "bounds": a.mesh_scale})
     text = report.summary() if hasattr(report, "summary") else str(report)
     print(text)
+    if a.write_corrected:
+        posecheck = importlib.import_module("recon_kit.posecheck")
+        calib = report.calibration if a.apply_calibration else None
+        if report.fixes or calib is not None:
+            written = posecheck.write_corrected_transforms(
+                posecheck.transforms_path(ds), report.fixes, overwrite=a.overwrite,
+                camera_angle_x=None if calib is None else calib.best_angle)
+            print(f"corrected transforms written to {written} (the original is untouched)")
+        else:
+            print("nothing to correct: no fixes found (add --apply-calibration to write the scanned angle)")
     if a.output_dir:
         out = Path(a.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--output-dir", default=None, help="also write posecheck.txt and posecheck.csv there")
     cp.add_argument("--grid-res", type=int, default=None, help="voxel grid resolution of the hull (default 64)")
     cp.add_argument("--resolution", type=int, default=None, help="which <res>/ folder to load (default: largest)")
+    cp.add_argument("--mesh-scale", type=float, default=None, help="side of the checked volume (default 2.0)")
+    cp.add_argument("--write-corrected", action="store_true",
+                    help="write <transforms>_corrected.json beside the dataset's transforms.json with the fixes")
+    cp.add_argument("--apply-calibration", action="store_true",
+                    help="with --write-corrected: also write the scanned camera_angle_x (object size kept)")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing *_corrected.json")
     cp.set_defaults(func=cmd_check_poses)
 
     tr = sub.add_parser("train", parents=[common], help="train a mesh (recon_kit.train.train_from_config)")

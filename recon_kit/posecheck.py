@@ -618,13 +618,18 @@ def _frame_name(frame: dict) -> str:
 
 
 def write_corrected_transforms(src_path: str | Path, fixes: Sequence[Fix], out_path: str | Path | None = None,
-                               overwrite: bool = False, allow_mirrored: bool = False) -> Path:
+                               overwrite: bool = False, allow_mirrored: bool = False,
+                               camera_angle_x: float | None = None) -> Path:
     """Write a copy of a transforms.json with ``transform_matrix @ T`` for each fix; never touches the source.
 
     The default output is ``<stem>_corrected.json`` beside the source; an existing output is an error unless
     ``overwrite``. Frames are matched by file name stem (``train/front.png`` -> ``front``), else by index.
     Image-mirror fixes (kind ``"image"``, left-handed result) are skipped with a warning unless
     ``allow_mirrored``: flip those images instead.
+
+    ``camera_angle_x`` (e.g. :attr:`Calibration.best_angle`) replaces the file's angle (and ``fl_x``/``fl_y``
+    when present); every camera position is scaled by ``tan(old / 2) / tan(new / 2)`` so that the object keeps
+    its size in world units and the volume (``mesh_scale``) that fitted it still does.
     """
     src = Path(src_path)
     out = Path(out_path) if out_path is not None else src.with_name(f"{src.stem}_corrected.json")
@@ -651,9 +656,35 @@ def write_corrected_transforms(src_path: str | Path, fixes: Sequence[Fix], out_p
         t4[:3, :3] = fix.correction.matrix
         frames[k]["transform_matrix"] = _clean(mat @ t4).tolist()
         frames[k]["recon_kit_fix"] = fix.correction.name
+    if camera_angle_x is not None:
+        _set_angle(meta, float(camera_angle_x), src)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(meta, indent=4))
     return out
+
+
+def _set_angle(meta: dict, angle: float, src: Path) -> None:
+    """Give ``meta`` (a transforms dict) a new horizontal field of view, keeping the object's world size."""
+    if not 0.0 < angle < math.pi:
+        raise ValueError(f"camera_angle_x must be in (0, pi) radians, got {angle}")
+    if "camera_angle_x" in meta:
+        old = float(meta["camera_angle_x"])
+    elif "fl_x" in meta and "w" in meta:
+        old = 2.0 * math.atan(0.5 * float(meta["w"]) / float(meta["fl_x"]))
+    else:
+        raise KeyError(f"{src} has neither camera_angle_x nor fl_x and w; cannot change its field of view")
+    scale = math.tan(old / 2.0) / math.tan(angle / 2.0)
+    for fr in meta.get("frames", []):
+        mat = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        mat[:3, 3] *= scale
+        fr["transform_matrix"] = _clean(mat).tolist()
+    if "fl_x" in meta and "w" in meta:
+        f_new = 0.5 * float(meta["w"]) / math.tan(angle / 2.0)
+        if "fl_y" in meta:
+            meta["fl_y"] = float(meta["fl_y"]) * f_new / float(meta["fl_x"])
+        meta["fl_x"] = f_new
+    meta["camera_angle_x"] = angle
+    meta["recon_kit_calibration"] = {"camera_angle_x_was": old, "positions_scaled_by": scale}
 
 
 def _clean(a: np.ndarray) -> np.ndarray:

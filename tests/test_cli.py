@@ -173,3 +173,20 @@ def test_demo_wires_notebooks(tmp_path):
     # a second run into the same folder needs overwrite
     with pytest.raises(FileExistsError, match="overwrite"):
         rk_nb.run_demo(out, notebooks_dir=tmp_path / "nbs", device="cpu", echo=lambda *a: None)
+
+
+def test_check_poses_writes_a_calibrated_copy(tmp_path):
+    from recon_kit import data, synth
+
+    cap = synth.write_demo_capture(tmp_path / "capture", resolution=64, n_test=0)
+    data.prepare_dataset(cap, tmp_path / "data", resolutions=(64,), progress=False)
+    ds = tmp_path / "data" / "64"
+    before = (ds / "transforms.json").read_text()
+    res = cli("check-poses", str(ds), "--grid-res", "32", "--mesh-scale", "2.2", "--write-corrected",
+              "--apply-calibration")
+    assert res.returncode == 0, res.stderr
+    written = json.loads((ds / "transforms_corrected.json").read_text())
+    assert "camera_angle_x_was" in written["recon_kit_calibration"] and "corrected transforms written" in res.stdout
+    assert (ds / "transforms.json").read_text() == before
+    again = cli("check-poses", str(ds), "--grid-res", "32", "--write-corrected", "--apply-calibration")
+    assert again.returncode != 0 and "overwrite" in again.stderr

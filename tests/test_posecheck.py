@@ -283,6 +283,29 @@ def test_write_corrected_transforms_never_overwrites(tmp_path):
         write_corrected_transforms(src, [_fix_for("front", 0, "mirror x", "image")], out_path=tmp_path / "m.json")
 
 
+def test_write_calibrated_angle_keeps_the_object_size(tmp_path):
+    """A new camera_angle_x scales camera positions so that a point's projection and its world size are kept."""
+    src = tmp_path / "transforms.json"
+    rig = axis_rig(64, 64, camera_angle_x=0.85, distance=3.0)
+    src.write_text(json.dumps({"camera_angle_x": 0.85, "frames": [
+        {"file_path": f"./train/{c.name}", "transform_matrix": c.c2w.tolist()} for c in rig]}))
+    out = write_corrected_transforms(src, [], camera_angle_x=math.pi / 3)
+    new = load_cameras(out, [c.name for c in rig], 64, 64)
+    meta = json.loads(out.read_text())
+    assert meta["camera_angle_x"] == pytest.approx(math.pi / 3)
+    scale = math.tan(0.425) / math.tan(math.pi / 6)
+    assert meta["recon_kit_calibration"]["positions_scaled_by"] == pytest.approx(scale)
+    for old, cam in zip(rig, new):
+        np.testing.assert_allclose(cam.position, old.position * scale, atol=1e-9)
+        np.testing.assert_allclose(cam.c2w[:3, :3], old.c2w[:3, :3], atol=1e-12)
+    ngp = tmp_path / "ngp.json"
+    ngp.write_text(json.dumps({"fl_x": 100.0, "fl_y": 110.0, "w": 64, "h": 64, "frames": []}))
+    meta = json.loads(write_corrected_transforms(ngp, [], camera_angle_x=1.0).read_text())
+    assert meta["fl_x"] == pytest.approx(32 / math.tan(0.5)) and meta["fl_y"] == pytest.approx(meta["fl_x"] * 1.1)
+    with pytest.raises(ValueError, match="radians"):
+        write_corrected_transforms(src, [], out_path=tmp_path / "x.json", camera_angle_x=60.0)
+
+
 def test_corrected_transforms_restore_a_hand_edited_file(shoe, tmp_path):
     """End to end: a transforms file with 'top' upside down -> check -> the written file matches the reference."""
     cams, masks, meta = shoe
