@@ -427,7 +427,8 @@ class Trainer:
     # ---- previews, snapshots ---------------------------------------------------------------------
     @torch.no_grad()
     def render_views(self, views: ViewSet, background: str | None = None, bsdf: str = "pbr") -> dict:
-        """Render the current model for ``views`` (any resolution) over a plain background."""
+        """Render the current model for ``views`` (any resolution) over a plain background. Eager shading: these
+        occasional renders are not worth compiling another (gradient-free) graph for."""
         views = views.to(self.device)
         H, W = views.rgb_linear.shape[1:3]
         out_rgb, out_alpha, out_depth = [], [], []
@@ -440,7 +441,7 @@ class Trainer:
                 out_depth.append(torch.zeros(1, H, W, 1, device=self.device))
                 continue
             out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, bsdf=bsdf,
-                              compile=self._compile)
+                              compile=False)
             out_rgb.append(out["rgb_linear"]), out_alpha.append(out["alpha"]), out_depth.append(out["depth"])
         return {"rgb_linear": torch.cat(out_rgb), "alpha": torch.cat(out_alpha), "depth": torch.cat(out_depth)}
 
