@@ -248,7 +248,13 @@ class Trainer:
             if self.done:
                 raise StopIteration("training is finished")
             t0 = time.perf_counter()
-            losses = self._step()
+            try:
+                losses = self._step()
+            except Exception as exc:
+                if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise RuntimeError(f"torch.compile failed in a training step ({type(exc).__name__}: {exc}); "
+                                       "train without it: config compile='off' (CLI: --set compile=off)") from exc
+                raise
             self.timings[self.pass_name] += time.perf_counter() - t0
             result = StepResult(self.pass_name, self.it, losses)
             self.it += 1

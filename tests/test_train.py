@@ -83,3 +83,18 @@ def test_live_lr_change_takes_effect_next_step(dataset):
     tr.cfg.pass1.lr_mat = 0.001
     tr.step()
     assert tr.opt_mat.param_groups[0]["lr"] == pytest.approx(0.001 * train.lr_factor(1, 0, tr.cfg.pass1.lr_decay))
+
+
+def test_compiler_failure_in_a_step_names_the_switch(dataset, monkeypatch):
+    """An error raised by torch.compile's machinery inside a step says how to train without it."""
+    tr = train.new_trainer(tiny(), data.load_viewset(dataset), None)
+    failure = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})
+
+    def broken():
+        raise failure("inductor: no working C++ compiler")
+    monkeypatch.setattr(tr, "_step", broken)
+    with pytest.raises(RuntimeError, match="compile='off'"):
+        tr.step()
+    monkeypatch.setattr(tr, "_step", lambda: (_ for _ in ()).throw(ValueError("plain")))
+    with pytest.raises(ValueError, match="plain"):
+        tr.step()
