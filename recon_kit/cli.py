@@ -140,11 +140,12 @@ def cmd_check_poses(a: argparse.Namespace) -> int:
     text = report.summary() if hasattr(report, "summary") else str(report)
     print(text)
     if a.write_corrected:
-        posecheck = importlib.import_module("recon_kit.posecheck")
+        write = _load("recon_kit.posecheck", "write_corrected_transforms")
+        transforms_path = _load("recon_kit.posecheck", "transforms_path")
         calib = report.calibration if a.apply_calibration else None
         if report.fixes or calib is not None:
-            written = posecheck.write_corrected_transforms(
-                posecheck.transforms_path(ds), report.fixes, overwrite=a.overwrite,
+            written = write(
+                transforms_path(ds), report.fixes, overwrite=a.overwrite,
                 camera_angle_x=None if calib is None else calib.best_angle)
             print(f"corrected transforms written to {written} (the original is untouched)")
         else:

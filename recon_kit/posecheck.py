@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recon_kit.cameras import Camera, focal_from_fov
+from recon_kit.cameras import Camera, focal_from_fov, fov_from_focal
 from recon_kit.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
 
 _FLIP_Y = np.diag([1.0, -1.0])
@@ -395,6 +395,14 @@ def rescaled_cameras(cameras: Sequence[Camera], angle: float | None, distance: f
     return out
 
 
+def spanned_bounds(cameras: Sequence[Camera]) -> tuple[float, float]:
+    """The cube the images span at the origin: half-size ``mean distance * tan(mean camera_angle_x / 2)``, so
+    the volume follows the object's apparent size when the field of view changes."""
+    dist = float(np.mean([np.linalg.norm(c.position) for c in cameras]))
+    half = dist * math.tan(0.5 * float(np.mean([c.camera_angle_x for c in cameras])))
+    return -half, half
+
+
 def silhouette_coverage(cameras: Sequence[Camera], masks: torch.Tensor, bounds, res: int) -> list[float]:
     """Per view, the fraction of the mask that the hull of *all* views covers when projected back.
 
@@ -436,11 +444,7 @@ def calibrate(cameras, masks=None, angles: Sequence[float] = tuple(np.linspace(0
 
     def score(angle: float | None, d: float | None) -> list[float]:
         cs = rescaled_cameras(cams, angle, d)
-        if bounds is None:
-            dist = float(np.mean([np.linalg.norm(c.position) for c in cs]))
-            half = dist * math.tan(0.5 * float(np.mean([c.camera_angle_x for c in cs])))
-            return silhouette_coverage(cs, m, (-half, half), res)
-        return silhouette_coverage(cs, m, bounds, res)
+        return silhouette_coverage(cs, m, spanned_bounds(cs) if bounds is None else bounds, res)
 
     rows = []
     for d in (distances if distances is not None else [None]):
@@ -670,7 +674,7 @@ def _set_angle(meta: dict, angle: float, src: Path) -> None:
     if "camera_angle_x" in meta:
         old = float(meta["camera_angle_x"])
     elif "fl_x" in meta and "w" in meta:
-        old = 2.0 * math.atan(0.5 * float(meta["w"]) / float(meta["fl_x"]))
+        old = fov_from_focal(float(meta["fl_x"]), int(meta["w"]))
     else:
         raise KeyError(f"{src} has neither camera_angle_x nor fl_x and w; cannot change its field of view")
     scale = math.tan(old / 2.0) / math.tan(angle / 2.0)
@@ -679,7 +683,7 @@ def _set_angle(meta: dict, angle: float, src: Path) -> None:
         mat[:3, 3] *= scale
         fr["transform_matrix"] = _clean(mat).tolist()
     if "fl_x" in meta and "w" in meta:
-        f_new = 0.5 * float(meta["w"]) / math.tan(angle / 2.0)
+        f_new = focal_from_fov(angle, int(meta["w"]))
         if "fl_y" in meta:
             meta["fl_y"] = float(meta["fl_y"]) * f_new / float(meta["fl_x"])
         meta["fl_x"] = f_new

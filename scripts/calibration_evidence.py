@@ -18,7 +18,6 @@ Writes ``evidence.csv`` and ``evidence.png`` into ``--out`` (refuses to replace 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +27,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from recon_kit import data, posecheck  # noqa: E402
 from recon_kit.hull import project_depth, view_votes  # noqa: E402
@@ -37,8 +35,7 @@ from recon_kit.hull import project_depth, view_votes  # noqa: E402
 def depth_fits(cameras, masks: torch.Tensor, depths: torch.Tensor, angle: float, res: int) -> tuple[float, float]:
     """(mean R^2, slope spread) of per-view affine fits of the hull's depth to the depth maps at ``angle``."""
     cams = posecheck.rescaled_cameras(cameras, angle)
-    half = float(np.mean([np.linalg.norm(c.position) for c in cams])) * math.tan(angle / 2)
-    hull = view_votes(cams, masks, (-half, half), res).hull(None, min_seen=len(cams))
+    hull = view_votes(cams, masks, posecheck.spanned_bounds(cams), res).hull(None, min_seen=len(cams))
     r2, slopes = [], []
     for cam, ref in zip(cams, depths):
         pred = project_depth(hull, cam)

@@ -143,13 +143,11 @@ class _CompiledShader:
     it logs a warning and stays eager."""
 
     def __init__(self) -> None:
-        self.fn, self.failed, self.calls = torch.compile(shade_pixels, dynamic=True), False, 0
+        log.info("compiling the shading (torch.compile, once per process: up to a minute on first use)")
+        self.fn, self.failed = torch.compile(shade_pixels, dynamic=True), False
 
     def __call__(self, *args, **kw) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.failed:
-            if self.calls == 0:
-                log.info("compiling the shading (torch.compile, once per process: up to a minute on first use)")
-            self.calls += 1
             try:
                 return self.fn(*args, **kw)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: stay eager
