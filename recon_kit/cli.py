@@ -125,7 +125,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         func,
         {"input_dir": src, "output_dir": Path(a.output_dir).resolve()},
         {"resolutions": a.resolutions, "mask_source": a.mask_source, "align": a.align,
-         "overwrite": a.overwrite or None},
+         "overwrite": a.overwrite or None, "allow_missing": a.allow_missing or None},
     )
     print(f"prepared dataset: {result if result is not None else a.output_dir}")
     return 0
@@ -153,6 +153,8 @@ def cmd_check_poses(a: argparse.Namespace) -> int:
     if a.output_dir:
         out = Path(a.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        if (out / "posecheck.txt").exists() and not a.overwrite:
+            raise FileExistsError(f"{out / 'posecheck.txt'} exists; pass --overwrite to replace it, or another --output-dir")
         (out / "posecheck.txt").write_text(text + "\n")
         table = getattr(report, "table", None)
         if table is not None:
@@ -178,6 +180,10 @@ def cmd_train(a: argparse.Namespace) -> int:
                     check=False).returncode
         return EXIT_FAILED if rc else 0
     extra = {"overwrite": True} if a.overwrite else {}
+    if a.allow_changes:
+        if not a.resume:
+            raise CommandError("--allow-changes goes with --resume (it allows resuming with changed settings)")
+        extra["allow_changes"] = True
     result = func(cfg, ds, run_dir, _overrides(a.set), a.resume, **extra)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
@@ -270,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mask-source", default=None, help="where masks come from (e.g. depth, alpha, background)")
     pr.add_argument("--align", action=argparse.BooleanOptionalAction, default=None, help="move each depth mask onto its photo (shift + uniform scale)")
     pr.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    pr.add_argument("--allow-missing", action="store_true",
+                    help="skip frames whose photo (or photos whose frame) is missing, instead of stopping")
     pr.set_defaults(func=cmd_prepare)
 
     cp = sub.add_parser(
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write <transforms>_corrected.json beside the dataset's transforms.json with the fixes")
     cp.add_argument("--apply-calibration", action="store_true",
                     help="with --write-corrected: also write the scanned camera_angle_x (object size kept)")
-    cp.add_argument("--overwrite", action="store_true", help="replace an existing *_corrected.json")
+    cp.add_argument("--overwrite", action="store_true", help="replace an existing *_corrected.json / posecheck.txt")
     cp.set_defaults(func=cmd_check_poses)
 
     tr = sub.add_parser("train", parents=[common], help="train a mesh (recon_kit.train.train_from_config)")
@@ -293,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    tr.add_argument("--allow-changes", action="store_true",
+                    help="with --resume: continue with settings that differ from the run's config.json (recorded there)")
     tr.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="data-parallel training in N processes (one per GPU) through torchrun (default: 1)")
     tr.set_defaults(func=cmd_train)
@@ -338,8 +348,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, OSError) and err.errno is not None:  # raised by the OS, not by the kit
+            from recon_kit.fsio import describe_os_error
+
+            msg = describe_os_error(err)
         print(f"recon-kit {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # permission denied, read-only, disk full, a file that vanished: one line, path + fix
+        if args.debug:
+            raise
+        from recon_kit.fsio import describe_os_error
+
+        print(f"recon-kit {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as err:
         if args.debug:
             raise

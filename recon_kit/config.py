@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ class ReconConfig:
     checkpoint_every: int = 500
     snapshot_every: int = 50       # training-animation frames (0 = off)
     log_every: int = 10
+    guard_factor: float = 100.0    # divergence guard: a loss above this x its running median is divergence (0 = off)
 
     # ---- construction and validation -------------------------------------------------------------
     @classmethod
@@ -112,6 +114,8 @@ class ReconConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data.pop("_history", None)  # a run's config.json records its resume changes there
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except json.JSONDecodeError as e:
@@ -144,6 +148,7 @@ class ReconConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
             (self.backend in ("auto", "torch", "nvdiffrast"), "backend must be auto, torch or nvdiffrast"),
             (self.checkpoint_every >= 0 and self.snapshot_every >= 0, "checkpoint_every/snapshot_every must be >= 0"),
+            (self.guard_factor >= 0, "guard_factor must be >= 0 (0 turns the divergence guard off)"),
         ]
         for p in ("pass1", "pass2"):
             pc: PassConfig = getattr(self, p)
@@ -184,10 +189,14 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}; use a plain number")
         return float(value)
     elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
     elif isinstance(default, (str, list)) and isinstance(value, type(default)):
+        if isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"{source}: {key} must hold finite numbers, got {value!r}")
         return list(value) if isinstance(value, list) else value
     raise ConfigError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
 

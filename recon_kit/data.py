@@ -27,7 +27,7 @@ import math
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -39,7 +39,10 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from . import __version__
+from .fsio import check_writable
+from .overwrite import check_clearable, clear, mark
 from .cameras import AXIS_VIEWS, Camera, axis_rig_c2w, focal_from_fov
+from .validate import InvalidFrame, case_clashes, case_variant, check_intrinsics, check_pose, is_greyscale
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 MaskSource = Literal["depth", "alpha", "background"]
@@ -358,6 +361,7 @@ class Capture:
     views: list[CaptureView]
     pose_source: str                    # "transforms.json" or "axis rig"
     mask_source: str | None = None      # set by compute_masks
+    notes: list = field(default_factory=list)  # what loading changed (greyscale photos converted, ...)
 
     @property
     def names(self) -> list[str]:
@@ -434,6 +438,10 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
         raise DataError(f"capture folder {folder} does not exist (relative paths start at {Path.cwd()}); "
                         "pass the folder that holds multi_views/")
     images = _capture_images(folder)
+    for sub in ("multi_views", "depth_renders"):
+        for a, b in case_clashes(folder / sub):
+            raise DataError(f"{folder / sub} holds {a} and {b}, names that differ only in letter case; rename or "
+                            "remove one so each view has one file")
     depths = _find_images(folder / "depth_renders")
     names = _order_views(images) if views is None else list(views)
     for n in names:
@@ -464,9 +472,11 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
     if not names:
         raise DataError(f"no views found in {folder} that have both a photo and a pose; check transforms.json")
 
-    out = []
+    out, notes = [], []
     for n in tqdm(names, desc="load views", disable=not progress):
         rgb, alpha = read_rgb(images[n])
+        if is_greyscale(images[n]):
+            notes.append(f"note: {images[n]} is a greyscale photo; converted to RGB (grey colours will be learned)")
         H, W = rgb.shape[:2]
         w, h = fit_size(W, H, max_size) if max_size is not None and max(W, H) > max_size else (W, H)
         cam = cams[n] if cams is not None else Camera.from_fov(axis_rig_c2w(n, distance), camera_angle_x, W, H)
@@ -484,7 +494,7 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
             alpha = None if alpha is None else np.asarray(Image.fromarray(alpha).resize((w, h), Image.BOX))
         cam.name = n
         out.append(CaptureView(n, rgb, cam, images[n], alpha, depth, depth_path))
-    return Capture(folder, out, pose_source)
+    return Capture(folder, out, pose_source, notes=notes)
 
 
 def resolve_capture(input_dir: str | Path, work_dir: str | Path, demo_resolution: int = 256) -> Path:
@@ -644,8 +654,11 @@ def read_transforms(path: str | Path, missing: Missing = "warn", search_dirs: Se
             raise DataError(f"{path}: frame {i} needs 'file_path' and 'transform_matrix'; fix that frame")
         image = _resolve_file(base, frame["file_path"], [Path(d) for d in search_dirs])
         if image is None:
-            _missing(missing, f"{path}: frame {i} image {frame['file_path']!r} not found under {base}; add the image "
-                              "or remove the frame")
+            alt = case_variant(base / frame["file_path"]) or next(
+                (a for d in search_dirs if (a := case_variant(Path(d) / Path(frame["file_path"]).name))), None)
+            fix = f"rename {alt} to {Path(frame['file_path']).name}" if alt else "add the image or remove the frame"
+            _missing(missing, f"{path}: frame {i} image {frame['file_path']!r} not found under {base}; {fix} "
+                              "(or pass --allow-missing to skip it)")
             continue
         try:
             c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
@@ -655,6 +668,10 @@ def read_transforms(path: str | Path, missing: Missing = "warn", search_dirs: Se
                 raise ValueError(f"shape {c2w.shape}")
         except (ValueError, TypeError) as exc:
             raise DataError(f"{path}: frame {i} transform_matrix is not a 4x4 matrix ({exc}); fix that frame") from exc
+        try:  # finite, orthonormal rotation, camera away from the origin
+            check_pose(c2w, f"{path}: frame {i} ({frame['file_path']})")
+        except InvalidFrame as exc:
+            raise DataError(str(exc)) from None
         intr = {**global_intr, **{k: frame[k] for k in _INTRINSIC_KEYS if k in frame}}
         W_img, H_img = image_size(image)
         w, h = int(intr.get("w", W_img)), int(intr.get("h", H_img))
@@ -668,6 +685,10 @@ def read_transforms(path: str | Path, missing: Missing = "warn", search_dirs: Se
             raise DataError(f"{path} lacks intrinsics for frame {i}; add 'camera_angle_x' (horizontal field of view "
                             "in radians) or 'fl_x', 'fl_y', 'cx', 'cy', 'w', 'h' (pixels), globally or per frame")
         cx, cy = float(intr.get("cx", w / 2.0)), float(intr.get("cy", h / 2.0))
+        try:
+            check_intrinsics(f"{path}: frame {i} ({frame['file_path']})", fx, fy, cx, cy, w, h)
+        except InvalidFrame as exc:
+            raise DataError(str(exc)) from None
         depth_path = None
         if frame.get("depth_file_path"):
             depth_path = _resolve_file(base, frame["depth_file_path"])
@@ -759,46 +780,55 @@ def write_dataset(capture: Capture, output_dir: str | Path, resolutions: Iterabl
         raise ValueError("the capture has no masks yet; call recon_kit.data.compute_masks(capture, source) first")
     output_dir = Path(output_dir)
     targets = _check_outputs(output_dir, list(resolutions), overwrite)
-    has_depth = all(v.depth is not None for v in capture.views)
-    if not has_depth and any(v.depth is not None for v in capture.views):
-        warnings.warn("only some views have depth maps; the dataset is written without depth", stacklevel=2)
+    has_depth = any(v.depth is not None for v in capture.views)  # views without depth get none; the others keep it
     written = {}
     for r, folder in targets.items():
         tmp = output_dir / f".{r}.partial"
         if tmp.exists():
             shutil.rmtree(tmp)
-        (tmp / "train").mkdir(parents=True)
-        cams, files, dfiles, depths = [], [], [], []
-        for v in tqdm(capture.views, desc=f"write {r}px", disable=not progress):
-            W, H = v.size
-            w, h = fit_size(W, H, r)
-            rgb = resize_area(v.rgb, w, h)
-            alpha = np.clip(resize_area(v.mask.astype(np.float32), w, h) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            Image.fromarray(np.dstack([rgb, alpha])).save(tmp / "train" / f"{v.name}.png")
-            cams.append(v.camera.resized(w, h))
-            files.append(f"train/{v.name}.png")
-            if has_depth:
-                depths.append(resize_nearest(v.depth, w, h))
-                dfiles.append(f"depth/{v.name}.png")
-        scale = 1.0
-        if has_depth:
-            (tmp / "depth").mkdir()
-            stored, scale = _depth_to_uint16(depths)
-            for v, d in zip(capture.views, stored):
-                write_png16(tmp / "depth" / f"{v.name}.png", d)
-        extra = {"recon_kit": {
-            "source": str(capture.root), "pose_source": capture.pose_source, "mask_source": capture.mask_source,
-            "resolution": r, "depth_scale": scale,
-            "alignment": {v.name: v.similarity.to_dict() for v in capture.views if v.similarity is not None},
-        }}
-        meta = transforms_dict(cams, files, dfiles, extra)
-        (tmp / "transforms.json").write_text(dump_json(meta))
-        _write_test_split(capture.root, tmp, r)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        written[r] = folder
+        try:
+            written[r] = _write_resolution(capture, output_dir, r, folder, tmp, has_depth, progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written dataset is left behind
+            raise
     return written
+
+
+def _write_resolution(capture: Capture, output_dir: Path, r: int, folder: Path, tmp: Path, has_depth: bool,
+                      progress: bool) -> Path:
+    (tmp / "train").mkdir(parents=True)
+    cams, files, dfiles, depths = [], [], [], []
+    for v in tqdm(capture.views, desc=f"write {r}px", disable=not progress):
+        W, H = v.size
+        w, h = fit_size(W, H, r)
+        rgb = resize_area(v.rgb, w, h)
+        alpha = np.clip(resize_area(v.mask.astype(np.float32), w, h) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        Image.fromarray(np.dstack([rgb, alpha])).save(tmp / "train" / f"{v.name}.png")
+        cams.append(v.camera.resized(w, h))
+        files.append(f"train/{v.name}.png")
+        if v.depth is not None:
+            depths.append(resize_nearest(v.depth, w, h))
+        dfiles.append(f"depth/{v.name}.png" if v.depth is not None else None)
+    scale = 1.0
+    if has_depth:
+        (tmp / "depth").mkdir()
+        stored, scale = _depth_to_uint16(depths)
+        for v, d in zip([v for v in capture.views if v.depth is not None], stored):
+            write_png16(tmp / "depth" / f"{v.name}.png", d)
+    extra = {"recon_kit": {
+        "source": str(capture.root), "pose_source": capture.pose_source, "mask_source": capture.mask_source,
+        "resolution": r, "depth_scale": scale,
+        "alignment": {v.name: v.similarity.to_dict() for v in capture.views if v.similarity is not None},
+    }}
+    meta = transforms_dict(cams, files, dfiles, extra)
+    (tmp / "transforms.json").write_text(dump_json(meta))
+    _write_test_split(capture.root, tmp, r)
+    mark(tmp, "dataset")
+    if folder.exists():
+        clear(folder, {"capture": capture.root})
+        folder.rmdir()
+    tmp.rename(folder)
+    return folder
 
 
 def _write_test_split(capture_root: Path, folder: Path, resolution: int) -> None:
@@ -830,9 +860,10 @@ class PrepareResult:
     folders: dict[int, Path]
     iou_before: dict[str, float]
     iou_after: dict[str, float]
+    notes: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        text = ", ".join(str(p) for p in self.folders.values())
+        text = "".join(n + "\n" for n in self.notes) + ", ".join(str(p) for p in self.folders.values())
         if self.iou_before:
             text += (f" (mask IoU depth vs photo: mean {np.mean(list(self.iou_before.values())):.3f} before, "
                      f"{np.mean(list(self.iou_after.values())):.3f} after alignment)")
@@ -841,11 +872,20 @@ class PrepareResult:
 
 def prepare_dataset(input_dir: str | Path, output_dir: str | Path, resolutions: Iterable[int] = (512,), *,
                     mask_source: MaskSource = "depth", align: bool = False, camera_angle_x: float = 0.85,
-                    distance: float = 3.0, overwrite: bool = False, missing: Missing = "warn",
-                    max_size: int | None = None, progress: bool = True) -> PrepareResult:
-    """Capture folder to prepared dataset in one call (what notebook 01 does step by step)."""
+                    distance: float = 3.0, overwrite: bool = False, missing: Missing = "error",
+                    max_size: int | None = None, progress: bool = True, allow_missing: bool = False) -> PrepareResult:
+    """Capture folder to prepared dataset in one call (what notebook 01 does step by step).
+
+    Every frame is checked first (:mod:`recon_kit.validate`); a photo or frame without its counterpart is an
+    error unless ``allow_missing`` (then it is skipped with a warning).
+    """
     resolutions = list(resolutions)
-    _check_outputs(Path(output_dir), resolutions, overwrite)  # fail before the slow part
+    missing = "warn" if allow_missing else missing
+    targets = _check_outputs(Path(output_dir), resolutions, overwrite)  # fail before the slow part
+    for d in targets.values():
+        if d.exists():
+            check_clearable(d, {"capture": input_dir})
+    check_writable(output_dir)
     capture = load_capture(input_dir, max_size=max_size, require_depth=mask_source == "depth",
                            camera_angle_x=camera_angle_x, distance=distance, missing=missing, progress=progress)
     capture = compute_masks(capture, mask_source)
@@ -855,7 +895,7 @@ def prepare_dataset(input_dir: str | Path, output_dir: str | Path, resolutions: 
         capture = align_capture(capture, fg, progress=progress)
     after = mask_agreement(capture, fg) if fg else {}
     folders = write_dataset(capture, output_dir, resolutions, overwrite=overwrite, progress=progress)
-    return PrepareResult(folders, before, after)
+    return PrepareResult(folders, before, after, capture.notes)
 
 
 # ----------------------------------------------------------------------------------------------- ViewSet
@@ -960,8 +1000,8 @@ def load_viewset(dataset_dir: str | Path, resolution: int | None = None, device=
         masks = [resize_area(m, W, H) for m in masks]
         depths = [None if d is None else resize_nearest(d, W, H) for d in depths]
         cameras = [c.resized(W, H) for c in cameras]
-    if any(d is None for d in depths) and any(d is not None for d in depths):
-        warnings.warn(f"{path}: only some frames have depth_file_path; the ViewSet has no depth", stacklevel=2)
+    if any(d is not None for d in depths):  # frames without depth get zeros (= no depth) so the others keep theirs
+        depths = [np.zeros(r.shape[:2], np.float32) if d is None else d for d, r in zip(depths, rgbs)]
     rgb_linear = srgb_to_linear(torch.from_numpy(np.stack(rgbs)).float() / 255.0)
     depth = None if any(d is None for d in depths) else torch.from_numpy(np.stack(depths)).float() / depth_scale
     views = ViewSet([c.name for c in cameras], cameras, rgb_linear, torch.from_numpy(np.stack(masks)).float(), depth)

@@ -34,6 +34,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .locking import LOCK_FILE
+from .overwrite import clear, mark
+
 __all__ = ["RunDir", "RunDirExistsError", "environment_info"]
 
 ENV_FILE = "env.json"
@@ -158,19 +161,21 @@ class RunDir:
         name: str | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        inputs: dict[str, Any] | None = None,
     ) -> RunDir:
         """Make ``root/name`` (``name=None``: a UTC timestamp + short random suffix) and write env.json.
 
         An existing, non-empty folder is an error unless ``overwrite=True`` (its contents are deleted) or
         ``resume=True`` (its contents are kept; env.json records this session and keeps the earlier ones).
-        An absolute ``name`` is used as is.
+        An absolute ``name`` is used as is. ``inputs`` (``{"dataset": path, ...}``) are what the run reads:
+        overwrite refuses to clear a folder that holds or lies inside one (:func:`recon_kit.overwrite.clear`).
         """
         if overwrite and resume:
             raise ValueError("RunDir.create: pass overwrite=True or resume=True, not both")
         path = Path(root) / (name if name is not None else _utc_name())
         if path.exists() and not path.is_dir():
             raise RunDirExistsError(f"run folder {path} exists and is not a directory")
-        non_empty = path.is_dir() and any(path.iterdir())
+        non_empty = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
         if non_empty and not (overwrite or resume):
             raise RunDirExistsError(
                 f"run folder {path} already exists and is not empty; pass overwrite=True to delete its contents "
@@ -179,8 +184,9 @@ class RunDir:
         run = cls(path)
         if non_empty and overwrite:
             run.close()  # release log.txt before deleting it
-            safe_rmtree(path)
+            clear(path, inputs or {})
         path.mkdir(parents=True, exist_ok=True)
+        mark(path, "run")
         env = environment_info()
         old = run.dir / ENV_FILE
         if resume and old.exists():
@@ -193,10 +199,11 @@ class RunDir:
         return run
 
     @classmethod
-    def at(cls, path: str | os.PathLike[str], overwrite: bool = False, resume: bool = False) -> RunDir:
+    def at(cls, path: str | os.PathLike[str], overwrite: bool = False, resume: bool = False,
+           inputs: dict[str, Any] | None = None) -> RunDir:
         """:meth:`create` for an exact path (what notebooks get as their ``run_dir`` parameter)."""
         path = Path(path)
-        return cls.create(path.parent, path.name, overwrite=overwrite, resume=resume)
+        return cls.create(path.parent, path.name, overwrite=overwrite, resume=resume, inputs=inputs)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RunDir:

@@ -10,6 +10,7 @@ killed run resume to the same result.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -28,6 +29,8 @@ from . import bake, geometry, hull, materials
 from .cameras import stack_matrices
 from .config import ReconConfig, resolve
 from .data import DataError, ViewSet, linear_to_srgb, load_viewset
+from .fsio import atomic_write_text, check_writable, torch_save_atomic
+from .guard import DivergenceError, DivergenceGuard, Verdict, first_nonfinite
 from .light import EnvLight
 from .render import get_rasterizer, make_background, render_mesh
 from .render.pipeline import frame_from_normal
@@ -119,6 +122,10 @@ def _mean_over_ranks(losses: dict, world_size: int, device: torch.device) -> dic
     return dict(zip(keys, (flat / world_size).tolist()))
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of the run folder can be read."""
+
+
 @dataclass
 class StepResult:
     pass_name: str
@@ -158,6 +165,9 @@ class Trainer:
         self.timings: dict[str, float] = {"pass1": 0.0, "bake": 0.0, "pass2": 0.0}
         self._order: list[int] = []
         self._lock = threading.Lock()
+        self.guard = DivergenceGuard(cfg.guard_factor)   # rollback + lower LR once, then DivergenceError
+        self.lr_scale, self.rollbacks, self._last_good = 1.0, 0, None
+        self.run_lock = None  # the run folder's lock, set by new_trainer
         self.world_size, self.rank = _world()
         if self.rank != 0:
             self.run_dir = None  # only rank 0 writes logs, snapshots, checkpoints and exports
@@ -248,6 +258,8 @@ class Trainer:
             if self.done:
                 raise StopIteration("training is finished")
             t0 = time.perf_counter()
+            if self._last_good is None:
+                self._remember_good()
             try:
                 losses = self._step()
             except Exception as exc:
@@ -256,6 +268,9 @@ class Trainer:
                                        "train without it: config compile='off' (CLI: --set compile=off)") from exc
                 raise
             self.timings[self.pass_name] += time.perf_counter() - t0
+            verdict = self._check_divergence(losses)
+            if verdict is not None:
+                return self._roll_back(verdict)
             result = StepResult(self.pass_name, self.it, losses)
             self.it += 1
             self._after_step(result)
@@ -267,7 +282,7 @@ class Trainer:
         factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
         for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat)):
             for group in opt.param_groups:
-                group["lr"] = base * factor
+                group["lr"] = base * factor * self.lr_scale
         idx = self._next_batch(pc.batch)              # the global batch: identical on every rank
         H, W = self.views.rgb_linear.shape[1:3]
         bg = make_background(cfg.data.train_background, (len(idx), H, W), self.device, generator=self.bg_generator)
@@ -344,11 +359,14 @@ class Trainer:
             if self.run_dir is not None:
                 with open(self.run_dir / "history.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
+        checkpoint = (cfg.checkpoint_every and self.it % cfg.checkpoint_every == 0) or self._pass_end()
+        if checkpoint:
+            self._remember_good()
         if self.run_dir is None:
             return
         if cfg.snapshot_every and self.it % cfg.snapshot_every == 0:
             self.save_snapshot()
-        if (cfg.checkpoint_every and self.it % cfg.checkpoint_every == 0) or self._pass_end():
+        if checkpoint:
             self.save_checkpoint()
 
     def _pass_end(self) -> bool:
@@ -374,8 +392,47 @@ class Trainer:
         self.timings["bake"] += time.perf_counter() - t0
         log.info("bake: %d faces, %d^2 textures in %.1f s", mesh.num_faces, self.cfg.material.texture_res,
                  self.timings["bake"])
+        self.guard.reset()
+        self._remember_good()
         if self.run_dir is not None:
             self.save_checkpoint()
+
+    # ---- divergence guard -------------------------------------------------------------------------------
+    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """The current pass's trained tensors with dotted names (``dmtet.sdf``, ``textures.kd.data``, ...)."""
+        mods = {"dmtet": self.dmtet, "field": self.field} if self.pass_idx == 0 else \
+            {"fixed": self.fixed, "textures": self.textures}
+        mods["light"] = self.light
+        return [(f"{m}.{n}", p) for m, mod in mods.items() for n, p in mod.named_parameters()]
+
+    def _check_divergence(self, losses: dict) -> Verdict | None:
+        if self.world_size > 1:  # a rollback must be collective; data-parallel runs are not guarded yet
+            return None
+        return self.guard.check(float(losses["total"]), self.named_parameters())
+
+    def _remember_good(self) -> None:
+        """Keep the state the guard rolls back to (taken with every checkpoint, and at the first step)."""
+        self._last_good = copy.deepcopy(self.state_dict())
+
+    def _roll_back(self, verdict: Verdict) -> StepResult:
+        where = f"{self.pass_name} iteration {self.it}"
+        if self.rollbacks >= 1 or self._last_good is None:
+            pc = self._pass_cfg
+            key = "lr_pos" if (verdict.parameter or "").startswith(("dmtet.", "fixed.")) else "lr_mat"
+            lr = getattr(pc, key) * self.lr_scale
+            culprit = f"parameter {verdict.parameter}" if verdict.parameter else "the model"
+            raise DivergenceError(
+                f"training diverged at {where} ({verdict.reason}; {culprit}) even after a rollback with 10x lower "
+                f"learning rates; lower {self.pass_name}.{key} (now {lr:g}), e.g. --set {self.pass_name}.{key}={lr / 10:g}")
+        lr_scale, rollbacks = self.lr_scale * 0.1, self.rollbacks + 1
+        self.load_state_dict(copy.deepcopy(self._last_good))
+        self.lr_scale, self.rollbacks = lr_scale, rollbacks
+        if self.run_dir is not None and (self.run_dir / "history.jsonl").exists():
+            (self.run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.guard.reset(h["total"] for h in self.history[-50:] if h.get("pass") == self.pass_name)
+        log.warning("training diverged at %s (%s); rolled back to %s iteration %d and lowered the learning rates "
+                    "10x (x%g)", where, verdict.reason, self.pass_name, self.it, self.lr_scale)
+        return StepResult(self.pass_name, self.it, {"total": torch.tensor(math.nan), "rolled_back": torch.tensor(1.0)})
 
     def _bake_fn(self, mesh) -> Callable:
         """Field lookup for baking; re-expresses the tangent-space normal in the new UV tangent frame.
@@ -415,7 +472,8 @@ class Trainer:
         remaining = self.total_iterations() - self.global_iteration()
         n = remaining if iterations is None else min(iterations, remaining)
         bar = tqdm(total=n, disable=not progress, desc=self.pass_name, leave=True)
-        for _ in range(n):
+        target = self.global_iteration() + n
+        while self.global_iteration() < target:  # not range(n): a divergence rollback moves the iteration back
             if should_stop is not None and should_stop():
                 break
             if before_step is not None:
@@ -478,7 +536,8 @@ class Trainer:
                  "timings": self.timings, "order": list(self._order), "light": self.light.state_dict(),
                  "opt_geo": self.opt_geo.state_dict(), "opt_mat": self.opt_mat.state_dict(),
                  "generator": self.generator.get_state(), "bg_generator": self.bg_generator.get_state(),
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(),
+                 "guard": {"lr_scale": self.lr_scale, "rollbacks": self.rollbacks}}
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.pass_idx == 0:
@@ -516,15 +575,15 @@ class Trainer:
         self.history = list(state["history"])
         self.timings = dict(state["timings"])
         self._order = list(state["order"])
+        guard = state.get("guard", {})
+        self.lr_scale, self.rollbacks = guard.get("lr_scale", 1.0), guard.get("rollbacks", 0)
 
     def save_checkpoint(self) -> Path:
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.pass_name}_{self.it:06d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
-        (folder / "latest.txt").write_text(path.name)
+        torch_save_atomic(self.state_dict(), path)   # temp name + rename: a kill or a full disk leaves no .tmp
+        atomic_write_text(folder / "latest.txt", path.name)
         return path
 
     def resume(self) -> bool:
@@ -532,13 +591,27 @@ class Trainer:
         latest = self.run_dir / "checkpoints" / "latest.txt" if self.run_dir else None
         if latest is None or not latest.exists():
             return False
-        path = latest.parent / latest.read_text().strip()
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        path, state = self._load_latest_checkpoint(latest)
+        self.load_state_dict(state)
         if self.run_dir is not None and (self.run_dir / "history.jsonl").exists():
             keep = [json.dumps(r) for r in self.history]
             (self.run_dir / "history.jsonl").write_text("".join(k + "\n" for k in keep))
         log.info("resumed from %s (%s iteration %d)", path.name, self.pass_name, self.it)
         return True
+
+    def _load_latest_checkpoint(self, latest: Path) -> tuple[Path, dict]:
+        """The checkpoint latest.txt names; when it is empty or that file is unreadable, the newest readable one."""
+        named = latest.read_text().strip()
+        candidates = ([latest.parent / named] if named else []) + sorted(latest.parent.glob("pass*_*.pt"), reverse=True)
+        for path in dict.fromkeys(candidates):
+            try:
+                state = torch.load(path, map_location=self.device, weights_only=False)
+            except Exception as err:  # noqa: BLE001 - a truncated or corrupt file: try the one before it
+                log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(err).__name__, err)
+                continue
+            return path, state
+        raise CheckpointError(f"{latest.parent}: no readable checkpoint to resume from; start the run again with "
+                              "--overwrite (or restore a checkpoint file there)")
 
     # ---- outputs -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -550,6 +623,10 @@ class Trainer:
             raise RuntimeError("export needs pass 2 (textures); run the trainer to the end first")
         folder = Path(folder) if folder is not None else self.run_dir / "mesh"
         mesh = self.fixed.mesh()
+        bad = first_nonfinite([("mesh vertices", mesh.v_pos), *self.named_parameters()])
+        if bad is not None:  # nothing NaN is ever exported
+            raise DivergenceError(f"not exporting to {folder}: {bad} holds NaN/Inf (the run diverged); lower the "
+                                  "pass-2 learning rates (--set pass2.lr_pos=..., pass2.lr_mat=...) and train again")
         kd, ks, nrm = (t.to_numpy() for t in (self.textures.kd, self.textures.ks, self.textures.normal))
         probe = self.light.to_latlong(256)
         paths = export.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
@@ -581,31 +658,50 @@ class Trainer:
 
 
 def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, resume: bool = False,
-                overwrite: bool = False) -> Trainer:
-    """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked."""
+                overwrite: bool = False, allow_changes: bool = False, inputs: dict | None = None) -> Trainer:
+    """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked.
+
+    The process holds ``run_dir``'s lock from here on (:mod:`recon_kit.locking`; released by
+    ``trainer.run_lock.release()`` or at exit). ``inputs`` (dataset, config, ...) are never cleared by ``overwrite``.
+    A resume with settings other than the saved ones is refused unless ``allow_changes``.
+    """
+    from . import locking
     from .rundir import RunDir
+    from .runconfig import write_run_config
 
     if run_dir is None:
         return Trainer(cfg, views, None)
-    rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume)
-    trainer = Trainer(cfg, views, rd.dir)
-    if resume and trainer.resume():
-        saved = ReconConfig.load(rd.dir / "config.json") if (rd.dir / "config.json").exists() else None
-        if saved is not None and saved.to_dict() != cfg.to_dict():
-            log.warning("resuming %s with a config that differs from its config.json", rd.dir)
-    cfg.save(rd.dir / "config.json")
+    check_writable(Path(run_dir).parent)
+    lock = locking.acquire(run_dir, "training")   # one writer per run folder, before anything is cleared
+    try:
+        rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+        write_run_config(rd.dir, cfg, resume=resume, allow_changes=allow_changes)
+        trainer = Trainer(cfg, views, rd.dir)
+        trainer.run_lock = lock
+        if resume:
+            trainer.resume()
+    except BaseException:
+        lock.release()
+        raise
     return trainer
 
 
 def train_from_config(config: str | Path | ReconConfig | None, dataset_dir: str | Path, run_dir: str | Path,
                       overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, allow_changes: bool = False) -> dict:
     """Scripted run (the CLI's ``train``): load data, train both passes, export, evaluate, write metrics.json."""
     cfg = resolve(config, overrides)
     views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
-    trainer = new_trainer(cfg, views, run_dir, resume=resume, overwrite=overwrite)
-    trainer.run(progress=progress)
-    return finish(trainer, dataset_dir)
+    inputs = {"dataset": dataset_dir, "config": config if isinstance(config, (str, Path)) and Path(config).exists()
+              else None}
+    trainer = new_trainer(cfg, views, run_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                          inputs=inputs)
+    try:
+        trainer.run(progress=progress)
+        return finish(trainer, dataset_dir)
+    finally:
+        if trainer.run_lock is not None:
+            trainer.run_lock.release()
 
 
 def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:

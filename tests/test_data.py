@@ -253,7 +253,7 @@ def test_error_transforms_invalid_json_and_missing_intrinsics(capture_dir):
         data.load_capture(capture_dir)
     assert_names(exc, str(t), "not valid JSON", "trailing commas")
     t.write_text(json.dumps({"frames": [{"file_path": "multi_views/front.png",
-                                         "transform_matrix": np.eye(4).tolist()}]}))
+                                         "transform_matrix": axis_rig_c2w("front").tolist()}]}))
     with pytest.raises(DataError) as exc:
         data.read_transforms(t)
     assert_names(exc, str(t), "intrinsics", "camera_angle_x", "fl_x")
