@@ -227,7 +227,8 @@ def run_demo(
     03 gets the quick settings' overrides, or :data:`DEMO_CPU_OVERRIDES` for the default preset on a CPU; given
     ``overrides`` replace those (they are not merged).
     """
-    from recon_kit.rundir import safe_rmtree
+    from recon_kit import locking
+    from recon_kit.overwrite import check_clearable, clear, mark
 
     out = Path(output_dir).resolve()
     if str(dataset) != DEMO_DATASET:
@@ -247,6 +248,9 @@ def run_demo(
             f"output folder {out} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
             f"to replace it, or choose another folder (--output-dir)"
         )
+    inputs = {"dataset": None if dataset_in == DEMO_DATASET else dataset_in, "ground-truth mesh": gt_mesh}
+    if replace:
+        check_clearable(out, inputs)  # never delete the user's capture or mesh, nor a folder the kit did not write
 
     names = list(notebooks)
     if len(names) != 4:
@@ -296,8 +300,10 @@ def run_demo(
         opt.update(QUICK["inspect"])
     plan.append((names[3], req, opt))
 
+    lock = locking.acquire(out, "demo")  # held until the demo ends (or this process does)
     if replace:
-        safe_rmtree(out)
+        clear(out, inputs)
+    mark(out, "demo")
     res = DemoResult(output_dir=out, dataset_dir=dataset_dir, run_dir=run_dir)
     echo(f"recon-kit demo: dataset {dataset_in} -> {out} (device {dev}, preset {preset}{', quick' if quick else ''})")
     for i, (name, req, opt) in enumerate(plan):
@@ -323,6 +329,7 @@ def run_demo(
             echo(f"{labels[key]} {res.results[key]}")
         else:
             echo(f"{labels[key]} (not produced: {res.missing[key]})")
+    lock.release()
     return res
 
 

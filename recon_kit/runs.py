@@ -598,6 +598,9 @@ class Sweep:
         if not self.dataset_dir.exists():
             raise FileNotFoundError(f"dataset folder {self.dataset_dir} does not exist")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        from .locking import acquire
+
+        lock = acquire(self.out_dir, "sweep")  # the same sweep started twice fails at once, naming this process
         planned = self._plan()
         if not rerun:
             self._check_finished(planned)
@@ -646,6 +649,7 @@ class Sweep:
                 if e["status"] == "running":
                     e["status"] = "incomplete"
             self._save_manifest(man, entries)
+            lock.release()
         return self.table()
 
     def table(self):
@@ -667,10 +671,10 @@ class Sweep:
                           and (d / "config.json").exists())
             if can_resume:
                 try:
-                    from .config import resolve
+                    from .config import ReconConfig, resolve
 
                     want = resolve(self.preset, self.overrides(p.params)).to_dict()
-                    can_resume = _read_json(d / "config.json") == want
+                    can_resume = ReconConfig.load(d / "config.json").to_dict() == want  # defaults of newer keys filled
                 except (ValueError, FileNotFoundError):
                     can_resume = False
             resume, overwrite = can_resume, not can_resume
@@ -710,9 +714,9 @@ class Sweep:
             from .notebooks import run_notebook
 
             if overwrite:  # notebook 03 would refuse a non-empty run folder
-                from .rundir import safe_rmtree
+                from .overwrite import clear
 
-                safe_rmtree(run_dir)
+                clear(run_dir, {"dataset": self.dataset_dir})
             preset = self.preset
             if Path(preset).suffix == ".json" and Path(preset).exists():
                 preset = str(Path(preset).resolve())
