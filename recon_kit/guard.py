@@ -52,7 +52,7 @@ def largest_gradient(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
 class DivergenceGuard:
     """Running-median check of losses plus finiteness of parameters; state is the recent losses only."""
 
-    def __init__(self, factor: float = 100.0, window: int = 50, min_history: int = 5):
+    def __init__(self, factor: float = 100.0, window: int = 50, min_history: int = 1):
         self.factor, self.min_history = factor, min_history
         self.recent: deque[float] = deque(maxlen=window)
 

@@ -419,11 +419,12 @@ class Trainer:
         if self.rollbacks >= 1 or self._last_good is None:
             pc = self._pass_cfg
             key = "lr_pos" if (verdict.parameter or "").startswith(("dmtet.", "fixed.")) else "lr_mat"
-            lr = getattr(pc, key) * self.lr_scale
+            lr, default = getattr(pc, key), getattr(getattr(ReconConfig(), self.pass_name), key)
             culprit = f"parameter {verdict.parameter}" if verdict.parameter else "the model"
             raise DivergenceError(
                 f"training diverged at {where} ({verdict.reason}; {culprit}) even after a rollback with 10x lower "
-                f"learning rates; lower {self.pass_name}.{key} (now {lr:g}), e.g. --set {self.pass_name}.{key}={lr / 10:g}")
+                f"learning rates; lower {self.pass_name}.{key} (set to {lr:g}), e.g. --set "
+                f"{self.pass_name}.{key}={min(default, lr / 10):g}, and train again with --overwrite")
         lr_scale, rollbacks = self.lr_scale * 0.1, self.rollbacks + 1
         self.load_state_dict(copy.deepcopy(self._last_good))
         self.lr_scale, self.rollbacks = lr_scale, rollbacks
