@@ -39,10 +39,10 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from . import __version__
-from .fsio import check_writable
+from .fsio import check_writable, naming
 from .overwrite import check_clearable, clear, mark
 from .cameras import AXIS_VIEWS, Camera, axis_rig_c2w, focal_from_fov
-from .validate import InvalidFrame, case_clashes, case_variant, check_intrinsics, check_pose, is_greyscale
+from .validate import InvalidFrame, case_clashes, case_variant, check_fov, check_intrinsics, check_pose, is_greyscale
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 MaskSource = Literal["depth", "alpha", "background"]
@@ -443,6 +443,11 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
             raise DataError(f"{folder / sub} holds {a} and {b}, names that differ only in letter case; rename or "
                             "remove one so each view has one file")
     depths = _find_images(folder / "depth_renders")
+    lower = {d.lower(): d for d in depths}
+    for n, p in images.items():  # Front.PNG beside depth_renders/front.png: one view, misspelt
+        if n not in depths and n.lower() in lower:
+            raise DataError(f"{p} and {depths[lower[n.lower()]]} differ only in letter case; rename {p.name} to "
+                            f"{lower[n.lower()]}{p.suffix.lower()} (or the depth map to match)")
     names = _order_views(images) if views is None else list(views)
     for n in names:
         if n not in images:
@@ -679,8 +684,13 @@ def read_transforms(path: str | Path, missing: Missing = "warn", search_dirs: Se
             fx = float(intr.get("fl_x", intr.get("fl_y")))
             fy = float(intr.get("fl_y", fx))
         elif "camera_angle_x" in intr:
-            fx = focal_from_fov(float(intr["camera_angle_x"]), w)
-            fy = focal_from_fov(float(intr["camera_angle_y"]), h) if "camera_angle_y" in intr else fx
+            try:
+                angles = [check_fov(f"{path}: frame {i}", k, intr[k]) for k in ("camera_angle_x", "camera_angle_y")
+                          if k in intr]
+            except InvalidFrame as exc:
+                raise DataError(str(exc)) from None
+            fx = focal_from_fov(angles[0], w)
+            fy = focal_from_fov(angles[1], h) if len(angles) > 1 else fx
         else:
             raise DataError(f"{path} lacks intrinsics for frame {i}; add 'camera_angle_x' (horizontal field of view "
                             "in radians) or 'fl_x', 'fl_y', 'cx', 'cy', 'w', 'h' (pixels), globally or per frame")
@@ -787,7 +797,8 @@ def write_dataset(capture: Capture, output_dir: str | Path, resolutions: Iterabl
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
-            written[r] = _write_resolution(capture, output_dir, r, folder, tmp, has_depth, progress)
+            with naming(folder):
+                written[r] = _write_resolution(capture, output_dir, r, folder, tmp, has_depth, progress)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # no half-written dataset is left behind
             raise

@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import IO, Iterator
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "check_writable", "describe_os_error",
-           "torch_save_atomic"]
+           "naming", "torch_save_atomic"]
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """OS errors raised inside the block without a file name (writes through open handles) get ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from err
 
 
 @contextlib.contextmanager
@@ -27,7 +38,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with naming(target), os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

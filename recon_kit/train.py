@@ -420,9 +420,9 @@ class Trainer:
             pc = self._pass_cfg
             key = "lr_pos" if (verdict.parameter or "").startswith(("dmtet.", "fixed.")) else "lr_mat"
             lr, default = getattr(pc, key), getattr(getattr(ReconConfig(), self.pass_name), key)
-            culprit = f"parameter {verdict.parameter}" if verdict.parameter else "the model"
+            culprit = f"; parameter {verdict.parameter}" if verdict.parameter not in (None, *verdict.reason.split()) else ""
             raise DivergenceError(
-                f"training diverged at {where} ({verdict.reason}; {culprit}) even after a rollback with 10x lower "
+                f"training diverged at {where} ({verdict.reason}{culprit}) even after a rollback with 10x lower "
                 f"learning rates; lower {self.pass_name}.{key} (set to {lr:g}), e.g. --set "
                 f"{self.pass_name}.{key}={min(default, lr / 10):g}, and train again with --overwrite")
         lr_scale, rollbacks = self.lr_scale * 0.1, self.rollbacks + 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["InvalidFrame", "case_clashes", "case_variant", "check_intrinsics", "check_pose", "is_greyscale"]
+__all__ = ["InvalidFrame", "case_clashes", "case_variant", "check_fov", "check_intrinsics", "check_pose", "is_greyscale"]
 
 
 class InvalidFrame(ValueError):
@@ -50,6 +50,18 @@ def check_intrinsics(where: str, fx: float, fy: float, cx: float, cy: float, w: 
     if bad:
         raise InvalidFrame(f"{where}: intrinsics {', '.join(f'{k}={values[k]}' for k in bad)} must be finite and "
                            "positive; fix camera_angle_x (radians, 0..pi) or fl_x/fl_y/cx/cy/w/h (pixels)")
+
+
+def check_fov(where: str, key: str, value) -> float:
+    """A field-of-view angle in radians, strictly between 0 and pi."""
+    try:
+        angle = float(value)
+    except (TypeError, ValueError):
+        angle = math.nan
+    if not (0.0 < angle < math.pi):
+        raise InvalidFrame(f"{where}: {key}={value!r} must be a field of view in radians between 0 and pi "
+                           "(e.g. 0.85); fix it, or give fl_x/fl_y/cx/cy/w/h in pixels")
+    return angle
 
 
 def case_variant(path: str | Path) -> Path | None:
