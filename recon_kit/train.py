@@ -479,7 +479,11 @@ class Trainer:
                 break
             if before_step is not None:
                 before_step(self)
-            result = self.step()
+            try:
+                result = self.step()
+            except BaseException:
+                bar.close()  # the error message then starts on its own line
+                raise
             bar.set_description(result.pass_name)
             if self.it % self.cfg.log_every == 0:
                 bar.set_postfix(loss=f"{float(result.losses['total']):.4f}")
