@@ -424,7 +424,7 @@ def find_views(folder: str | Path) -> list[str]:
 
 def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_size: int | None = None,
                  require_depth: bool = False, camera_angle_x: float = 0.85, distance: float = 3.0,
-                 missing: Missing = "warn", progress: bool = True) -> Capture:
+                 missing: Missing = "error", progress: bool = True) -> Capture:
     """Read a capture folder (see the module docstring).
 
     Poses come from ``<folder>/transforms.json`` when present (frames are matched to photos by file stem),

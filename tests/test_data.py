@@ -173,12 +173,12 @@ def test_capture_with_transforms_and_other_names(tmp_path):
     np.testing.assert_allclose(cap["cam_b"].camera.c2w, axis_rig_c2w("left", 2.0))
     assert cap["cam_a"].camera.camera_angle_x == pytest.approx(0.7)
     assert (cap["cam_a"].camera.width, cap["cam_a"].camera.height) == (60, 40)
-    # a photo without a frame: warn and skip, or raise
+    # a photo without a frame: an error by default (issue 16), or warn and skip when asked
     write_capture(root, views=("cam_extra",), size=(60, 40), depth_size=(30, 20))
     with pytest.warns(UserWarning, match="cam_extra"):
-        assert "cam_extra" not in data.load_capture(root, progress=False).names
+        assert "cam_extra" not in data.load_capture(root, missing="warn", progress=False).names
     with pytest.raises(DataError) as exc:
-        data.load_capture(root, missing="error", progress=False)
+        data.load_capture(root, progress=False)
     assert_names(exc, "cam_extra.png", "transforms.json")
 
 
