@@ -807,6 +807,7 @@ def write_dataset(capture: Capture, output_dir: str | Path, resolutions: Iterabl
 
 def _write_resolution(capture: Capture, output_dir: Path, r: int, folder: Path, tmp: Path, has_depth: bool,
                       progress: bool) -> Path:
+    """One ``<res>/`` folder, written into ``tmp`` and renamed to ``folder`` when complete."""
     (tmp / "train").mkdir(parents=True)
     cams, files, dfiles, depths = [], [], [], []
     for v in tqdm(capture.views, desc=f"write {r}px", disable=not progress):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .locking import LOCK_FILE
-from .overwrite import clear, mark
+from .overwrite import check_clearable, clear, mark
 
 __all__ = ["RunDir", "RunDirExistsError", "environment_info"]
 
@@ -123,27 +123,9 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
-def _is_protected(path: Path) -> str | None:
-    """Why deleting ``path`` would be a mistake, or None when it looks like an ordinary run folder."""
-    path = path.resolve()
-    cwd = Path.cwd().resolve()
-    if path == cwd or path in cwd.parents:
-        return "it is the current directory or one of its parents"
-    if path == Path.home().resolve() or path == Path(path.anchor):
-        return "it is the home or root directory"
-    if path == _REPO_ROOT or path in _REPO_ROOT.parents:
-        return "it holds the recon-kit repository"
-    for marker in (".git", "pyproject.toml", "setup.py"):
-        if (path / marker).exists():
-            return f"it contains {marker}"
-    return None
-
-
 def safe_rmtree(path: Path) -> None:
-    """Delete a run/output folder, refusing anything that looks like a source tree or a parent of the cwd."""
-    why = _is_protected(path)
-    if why:
-        raise ValueError(f"refusing to delete {path}: {why}")
+    """Delete a folder the kit wrote; refuses the user's folders (see :func:`recon_kit.overwrite.check_clearable`)."""
+    check_clearable(path)
     shutil.rmtree(path)
 
 

@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from recon_kit import cli, config, data, fsio, guard, locking, overwrite, synth, train
-from recon_kit.cameras import AXIS_VIEWS
 from recon_kit.rundir import RunDir
 from recon_kit.runconfig import SettingsChanged, changed_keys, write_run_config
 from test_data import write_capture
