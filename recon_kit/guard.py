@@ -32,11 +32,15 @@ class Verdict:
 
 
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """Name of the first tensor holding NaN or Inf, or None (one host sync per tensor, only on the slow path)."""
+    """Name of the first tensor holding NaN or Inf, or None (one host sync).
+
+    Judged from each tensor's sum, which is NaN/Inf when any entry is (or when the entries are so large that
+    they overflow, which is divergence too); a sum is several times cheaper than ``isfinite().all()``.
+    """
     named = list(named)
     if not named:
         return None
-    flags = torch.stack([torch.isfinite(t.detach()).all() for _, t in named])
+    flags = torch.isfinite(torch.stack([t.detach().float().sum() for _, t in named]))
     if bool(flags.all()):
         return None
     return named[int((~flags).nonzero()[0])][0]
