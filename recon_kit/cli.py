@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recon_kit.config import parse_overrides, parse_value
+
 EXIT_USAGE = 2  # bad input: argparse errors, missing files, invalid values
 EXIT_FAILED = 1  # a step ran and failed (a notebook cell raised, a module is missing)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
@@ -25,27 +27,8 @@ class CommandError(ValueError):
     """An error message for the user, printed without a traceback."""
 
 
-def _parse_value(text: str) -> Any:
-    """``--set key=value`` values: JSON when it parses (numbers, true/false, lists, quoted strings), else a string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        lowered = text.lower()
-        if lowered in {"true", "false"}:
-            return lowered == "true"
-        if lowered in {"none", "null"}:
-            return None
-        return text
 
 
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CommandError(f"--set expects KEY=VALUE (e.g. --set steps=500), got {pair!r}")
-        out[key.strip()] = _parse_value(value)
-    return out
 
 
 def _existing_dir(path: str, what: str) -> Path:
@@ -110,7 +93,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         overwrite=a.overwrite,
         quick=a.quick,
         preset=a.preset,
-        overrides=_overrides(a.set),
+        overrides=parse_overrides(a.set),
         gt_mesh=a.gt_mesh,
         timeout=a.timeout,
         log_output=a.log_output,
@@ -120,7 +103,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     src = _existing_dir(a.input_dir, "input folder")
-    func = _load("recon_kit.data", "prepare_dataset")
+    func = _load("recon_kit.data.dataset", "prepare_dataset")
     result = _call(
         func,
         {"input_dir": src, "output_dir": Path(a.output_dir).resolve()},
@@ -133,15 +116,15 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 def cmd_check_poses(a: argparse.Namespace) -> int:
     ds = _existing_dir(a.dataset_dir, "dataset folder")
-    load_viewset = _load("recon_kit.data", "load_viewset")
+    load_viewset = _load("recon_kit.data.dataset", "load_viewset")
     check_poses = _load("recon_kit.posecheck", "check_poses")
     views = load_viewset(ds, resolution=a.resolution)
     report = _call(check_poses, {"data": views}, {"res": a.grid_res, "bounds": a.mesh_scale})
     text = report.summary() if hasattr(report, "summary") else str(report)
     print(text)
     if a.write_corrected:
-        write = _load("recon_kit.posecheck", "write_corrected_transforms")
-        transforms_path = _load("recon_kit.posecheck", "transforms_path")
+        write = _load("recon_kit.io.transforms", "write_corrected_transforms")
+        transforms_path = _load("recon_kit.io.transforms", "transforms_path")
         calib = report.calibration if a.apply_calibration else None
         if report.fixes or calib is not None:
             written = write(
@@ -167,18 +150,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     looks_like_file = config.endswith((".json", ".yaml", ".yml", ".toml")) or "/" in config
     if looks_like_file and not Path(config).exists():
         raise FileNotFoundError(f"config file {config} does not exist")
-    func = _load("recon_kit.train", "train_from_config")
+    func = _load("recon_kit.runs.run", "train_from_config")
     run_dir = Path(a.run_dir).resolve()
     cfg = str(Path(config).resolve()) if looks_like_file else config
-    if a.nproc != 1:  # data parallel: torchrun runs recon_kit.distributed in N processes (docs/distributed.md)
+    if a.nproc != 1:  # data parallel: torchrun runs recon_kit.runs.launch in N processes (docs/distributed.md)
         if a.nproc < 1:
             raise CommandError(f"--nproc must be >= 1, got {a.nproc}")
-        launch = _load("recon_kit.distributed", "launch")
-        rc = launch(a.nproc, ds, cfg, run_dir, _overrides(a.set), resume=a.resume, overwrite=a.overwrite,
+        launch = _load("recon_kit.runs.launch", "launch")
+        rc = launch(a.nproc, ds, cfg, run_dir, parse_overrides(a.set), resume=a.resume, overwrite=a.overwrite,
                     check=False).returncode
         return EXIT_FAILED if rc else 0
     extra = {"overwrite": True} if a.overwrite else {}
-    result = func(cfg, ds, run_dir, _overrides(a.set), a.resume, **extra)
+    result = func(cfg, ds, run_dir, parse_overrides(a.set), a.resume, **extra)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     print(f"run folder: {run_dir}")
@@ -193,9 +176,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise CommandError(f"--grid expects KEY=V1,V2,... (e.g. --grid pass1.lr_mat=0.01,0.03), got {spec!r}")
         if key.strip() in grid:
             raise CommandError(f"--grid {key.strip()} is given twice; list all its values in one --grid")
-        from recon_kit.runs import parse_grid_values
+        from recon_kit.runs.sweep import parse_grid_values
 
-        grid[key.strip()] = parse_grid_values(values.strip(), _parse_value)
+        grid[key.strip()] = parse_grid_values(values.strip(), parse_value)
     explicit = None
     if a.runs:
         explicit = json.loads(Path(a.runs).read_text()) if Path(a.runs).exists() else None
@@ -203,24 +186,25 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise CommandError(f"--runs {a.runs}: expected a JSON file holding a list of {{key: value}} objects")
     if not grid and not explicit:
         raise CommandError("nothing to sweep: give --grid KEY=V1,V2 (repeatable) and/or --runs FILE.json")
-    from recon_kit import runs
+    from recon_kit.runs import sweep as rk_sweep
+    from recon_kit.runs import table as rk_table
 
-    base = _overrides(a.set)
+    base = parse_overrides(a.set)
     out = Path(a.out)
     if a.dataset == "demo":
         from recon_kit.config import resolve
 
-        dataset = runs.demo_dataset(out / "data", resolve(a.preset, base).data.resolution)
+        dataset = rk_sweep.demo_dataset(out / "data", resolve(a.preset, base).data.resolution)
     else:
         dataset = _existing_dir(a.dataset, "dataset folder")
-    sweep = runs.Sweep(out, dataset, grid=grid, runs=explicit, preset=a.preset, base=base, engine=a.engine,
+    sweep = rk_sweep.Sweep(out, dataset, grid=grid, runs=explicit, preset=a.preset, base=base, engine=a.engine,
                        timeout=a.timeout)
     if a.dry_run:
         print(sweep.plan().to_string())
         return 0
     table = sweep.run(progress=not a.no_progress, retry_failed=a.retry_failed, rerun=a.rerun)
     table = table.loc[[n for n in sweep.names if n in table.index]]
-    print(runs.summary(table).to_string())
+    print(rk_table.summary(table).to_string())
     print(f"sweep folder: {out} (manifest: {sweep.manifest_path})")
     failed = table.index[table["status"] != "finished"].tolist()
     if failed:
@@ -263,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     pr = sub.add_parser(
-        "prepare", parents=[common], help="capture folder -> dataset folder (recon_kit.data.prepare_dataset)")
+        "prepare", parents=[common], help="capture folder -> dataset folder (recon_kit.data.dataset.prepare_dataset)")
     pr.add_argument("input_dir", help="capture folder (multi_views/, depth_renders/, transforms.json?)")
     pr.add_argument("output_dir", help="dataset folder to write (transforms.json, train/, depth/)")
     pr.add_argument("--resolutions", type=int, nargs="+", default=None, help="longest image side of each dataset to write, e.g. 512 1024")
@@ -286,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--overwrite", action="store_true", help="replace an existing *_corrected.json")
     cp.set_defaults(func=cmd_check_poses)
 
-    tr = sub.add_parser("train", parents=[common], help="train a mesh (recon_kit.train.train_from_config)")
+    tr = sub.add_parser("train", parents=[common], help="train a mesh (recon_kit.runs.run.train_from_config)")
     tr.add_argument("config", help="preset name (cpu-small, gpu-default, ...) or a config file")
     tr.add_argument("--dataset-dir", required=True, help="prepared dataset folder")
     tr.add_argument("--run-dir", required=True, help="run folder, e.g. outputs/shoe")
@@ -310,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--preset", default="cpu-small",
                     help="preset or config file every run starts from (default: %(default)s)")
     sw.add_argument("--grid", action="append", metavar="KEY=V1,V2",
-                    help="a swept config key and its values (repeatable: every combination runs)")
+                    help="a swept config key and its values (repeatable: every combination rk_sweep)")
     sw.add_argument("--runs", metavar="FILE.json", help="explicit parameter sets: a JSON list of {key: value} objects")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
     sw.add_argument("--engine", default="trainer", choices=["trainer", "papermill"],

@@ -321,3 +321,27 @@ def table(cfg: ReconConfig):
     import pandas as pd
 
     return pd.DataFrame(list(flatten(cfg).items()), columns=["key", "value"]).set_index("key")
+
+
+def parse_value(text: str) -> Any:
+    """``--set key=value`` values: JSON when it parses (numbers, true/false, lists, quoted strings), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lowered = text.lower()
+        if lowered in {"true", "false"}:
+            return lowered == "true"
+        if lowered in {"none", "null"}:
+            return None
+        return text
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` (the CLI's ``--set`` and torchrun's) as an overrides dict for :func:`resolve`."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. --set steps=500), got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out

@@ -19,11 +19,9 @@ object. :func:`check_poses` runs everything and returns a :class:`PoseReport`.
 
 from __future__ import annotations
 
-import json
+
 import math
-import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,8 +29,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recon_kit.cameras import Camera, focal_from_fov, fov_from_focal
-from recon_kit.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
+from recon_kit.cameras import Camera, focal_from_fov
+from recon_kit.model.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
+
+
 
 _FLIP_Y = np.diag([1.0, -1.0])
 
@@ -579,119 +579,11 @@ def predicted_silhouettes(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0)
     return pred, m
 
 
-def transforms_path(dataset_dir: str | Path) -> Path:
-    """The transforms.json of a prepared dataset folder, or of its largest ``<res>/`` sub-folder."""
-    d = Path(dataset_dir)
-    if (d / "transforms.json").is_file():
-        return d / "transforms.json"
-    subs = sorted((p for p in d.glob("*") if p.name.isdigit() and (p / "transforms.json").is_file()),
-                  key=lambda p: int(p.name))
-    if not subs:
-        raise FileNotFoundError(f"no transforms.json in {d} or its <res>/ folders")
-    return subs[-1] / "transforms.json"
 
 
-def load_cameras(path: str | Path, names: Sequence[str], width: int, height: int) -> list[Camera]:
-    """Cameras for ``names`` from a transforms file (frames matched by file stem), sized ``width x height``.
-
-    For checking a hand-edited transforms file against an already prepared dataset's images.
-    """
-    meta = json.loads(Path(path).read_text())
-    frames = {_frame_name(f): f for f in meta.get("frames", [])}
-    missing = [n for n in names if n not in frames]
-    if missing:
-        raise KeyError(f"{path} has no frames for views {missing}")
-    cams = []
-    for n in names:
-        f = {**{k: v for k, v in meta.items() if k != "frames"}, **frames[n]}
-        c2w = np.asarray(f["transform_matrix"], dtype=np.float64)
-        if c2w.shape == (3, 4):
-            c2w = np.vstack([c2w, [0, 0, 0, 1]])
-        if "fl_x" in f:
-            w0, h0 = int(f.get("w", width)), int(f.get("h", height))
-            cam = Camera(c2w, float(f["fl_x"]), float(f.get("fl_y", f["fl_x"])), float(f.get("cx", w0 / 2)),
-                         float(f.get("cy", h0 / 2)), w0, h0, name=n)
-        else:
-            cam = Camera.from_fov(c2w, float(f["camera_angle_x"]), width, height, name=n)
-        cams.append(cam if (cam.width, cam.height) == (width, height) else cam.resized(width, height))
-    return cams
 
 
-def _frame_name(frame: dict) -> str:
-    return Path(str(frame.get("file_path", ""))).stem
 
 
-def write_corrected_transforms(src_path: str | Path, fixes: Sequence[Fix], out_path: str | Path | None = None,
-                               overwrite: bool = False, allow_mirrored: bool = False,
-                               camera_angle_x: float | None = None) -> Path:
-    """Write a copy of a transforms.json with ``transform_matrix @ T`` for each fix; never touches the source.
-
-    The default output is ``<stem>_corrected.json`` beside the source; an existing output is an error unless
-    ``overwrite``. Frames are matched by file name stem (``train/front.png`` -> ``front``), else by index.
-    Image-mirror fixes (kind ``"image"``, left-handed result) are skipped with a warning unless
-    ``allow_mirrored``: flip those images instead.
-
-    ``camera_angle_x`` (e.g. :attr:`Calibration.best_angle`) replaces the file's angle (and ``fl_x``/``fl_y``
-    when present); every camera position is scaled by ``tan(old / 2) / tan(new / 2)`` so that the object keeps
-    its size in world units and the volume (``mesh_scale``) that fitted it still does.
-    """
-    src = Path(src_path)
-    out = Path(out_path) if out_path is not None else src.with_name(f"{src.stem}_corrected.json")
-    if out.resolve() == src.resolve():
-        raise ValueError(f"refusing to write over the original {src}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    meta = json.loads(src.read_text())
-    frames = meta.get("frames", [])
-    stems = [_frame_name(f) for f in frames]
-    for fix in fixes:
-        if fix.kind == "image" and not allow_mirrored:
-            warnings.warn(f"{fix.view}: not writing a left-handed matrix; {fix.correction.image_op} instead",
-                          stacklevel=2)
-            continue
-        if fix.view in stems:
-            k = stems.index(fix.view)
-        elif 0 <= fix.index < len(frames):
-            k = fix.index
-        else:
-            raise KeyError(f"no frame for view {fix.view!r} in {src}")
-        mat = np.asarray(frames[k]["transform_matrix"], dtype=np.float64)
-        t4 = np.eye(4)
-        t4[:3, :3] = fix.correction.matrix
-        frames[k]["transform_matrix"] = _clean(mat @ t4).tolist()
-        frames[k]["recon_kit_fix"] = fix.correction.name
-    if camera_angle_x is not None:
-        _set_angle(meta, float(camera_angle_x), src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(meta, indent=4))
-    return out
 
 
-def _set_angle(meta: dict, angle: float, src: Path) -> None:
-    """Give ``meta`` (a transforms dict) a new horizontal field of view, keeping the object's world size."""
-    if not 0.0 < angle < math.pi:
-        raise ValueError(f"camera_angle_x must be in (0, pi) radians, got {angle}")
-    if "camera_angle_x" in meta:
-        old = float(meta["camera_angle_x"])
-    elif "fl_x" in meta and "w" in meta:
-        old = fov_from_focal(float(meta["fl_x"]), int(meta["w"]))
-    else:
-        raise KeyError(f"{src} has neither camera_angle_x nor fl_x and w; cannot change its field of view")
-    scale = math.tan(old / 2.0) / math.tan(angle / 2.0)
-    for fr in meta.get("frames", []):
-        mat = np.asarray(fr["transform_matrix"], dtype=np.float64)
-        mat[:3, 3] *= scale
-        fr["transform_matrix"] = _clean(mat).tolist()
-    if "fl_x" in meta and "w" in meta:
-        f_new = focal_from_fov(angle, int(meta["w"]))
-        if "fl_y" in meta:
-            meta["fl_y"] = float(meta["fl_y"]) * f_new / float(meta["fl_x"])
-        meta["fl_x"] = f_new
-    meta["camera_angle_x"] = angle
-    meta["recon_kit_calibration"] = {"camera_angle_x_was": old, "positions_scaled_by": scale}
-
-
-def _clean(a: np.ndarray) -> np.ndarray:
-    """Round away float noise (-0.0, 1e-17) so corrected matrices stay readable."""
-    r = np.round(a, 12)
-    return np.where(r == 0, 0.0, r)

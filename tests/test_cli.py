@@ -11,7 +11,8 @@ import nbformat
 import pytest
 
 from recon_kit import notebooks as rk_nb
-from recon_kit.cli import _overrides, _parse_value, main
+from recon_kit.cli import main
+from recon_kit.config import parse_overrides as _overrides, parse_value as _parse_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,10 +177,11 @@ def test_demo_wires_notebooks(tmp_path):
 
 
 def test_check_poses_writes_a_calibrated_copy(tmp_path):
-    from recon_kit import data, synth
+    from recon_kit.data import dataset as rk_dataset
+    from recon_kit import synth
 
     cap = synth.write_demo_capture(tmp_path / "capture", resolution=64, n_test=0)
-    data.prepare_dataset(cap, tmp_path / "data", resolutions=(64,), progress=False)
+    rk_dataset.prepare_dataset(cap, tmp_path / "data", resolutions=(64,), progress=False)
     ds = tmp_path / "data" / "64"
     before = (ds / "transforms.json").read_text()
     res = cli("check-poses", str(ds), "--grid-res", "32", "--mesh-scale", "2.2", "--write-corrected",
