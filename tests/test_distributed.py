@@ -30,7 +30,7 @@ LOSS_KEYS = ("coverage", "color", "occlusion", "light_reg", "depth", "sdf_reg", 
 
 def tiny(**kw) -> config.ReconConfig:
     over = {"pass1.iterations": 6, "pass2.iterations": 4, "pass1.batch": 2, "pass2.batch": 2,
-            "rk_dataset.resolution": 48, "geometry.grid_res": 24, "geometry.hull_res": 32, "material.texture_res": 32,
+            "data.resolution": 48, "geometry.grid_res": 24, "geometry.hull_res": 32, "material.texture_res": 32,
             "checkpoint_every": 3, "snapshot_every": 0, "log_every": 1, "device": "cpu",
             "loss.kd_smooth": 0.0, "loss.depth": 0.1}
     over.update(kw)
@@ -157,17 +157,17 @@ def test_rank_seeds_differ_per_rank_and_step():
 
 def test_torchrun_command_and_cli_launch(dataset, tmp_path, monkeypatch):
     """``recon-kit train ... --nproc 2`` runs torchrun; rank 0 writes the run folder with launch.json."""
-    cmd = launch.torchrun_command(2, "D", "cpu-small", "R", {"pass1.iterations": 3, "rk_dataset.val_background": "black"})
+    cmd = launch.torchrun_command(2, "D", "cpu-small", "R", {"pass1.iterations": 3, "data.val_background": "black"})
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert cmd[5:7] == ["-m", "recon_kit.runs.launch"] and "pass1.iterations=3" in cmd
-    assert "rk_dataset.val_background=black" in cmd
+    assert cmd[5:9] == ["-m", "recon_kit.cli", "train", "cpu-small"] and "pass1.iterations=3" in cmd
+    assert "data.val_background=black" in cmd
     with pytest.raises(ValueError):
         launch.torchrun_command(0, "D", None, "R")
 
     from recon_kit import cli
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    sets = {"pass1.iterations": 3, "pass2.iterations": 2, "rk_dataset.resolution": 48, "geometry.grid_res": 24,
+    sets = {"pass1.iterations": 3, "pass2.iterations": 2, "data.resolution": 48, "geometry.grid_res": 24,
             "geometry.hull_res": 32, "material.texture_res": 32, "snapshot_every": 0, "device": "cpu"}
     argv = ["train", "cpu-small", "--dataset-dir", str(dataset), "--run-dir", str(tmp_path / "run"), "--nproc", "2"]
     for k, v in sets.items():

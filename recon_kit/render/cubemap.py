@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recon_kit.io.images import read_hdr, write_hdr  # noqa: F401
 
 
 

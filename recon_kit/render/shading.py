@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recon_kit.io.images import read_hdr, write_hdr  # noqa: F401
 from recon_kit.render.cubemap import _bilinear_taps
 from recon_kit.render.cubemap import _dot
 from recon_kit.render.cubemap import _gather_weighted

@@ -2,8 +2,10 @@
 
 Run it with torchrun (``docs/distributed.md``)::
 
-    torchrun --standalone --nproc_per_node=2 -m recon_kit.runs.launch \\
-        --dataset DATA --preset gpu-default --run-dir outputs/shoe_dp2 [--set key=value ...] [--resume]
+    torchrun --standalone --nproc_per_node=2 -m recon_kit.cli train gpu-default \\
+        --dataset-dir DATA --run-dir outputs/shoe_dp2 [--set key=value ...] [--resume]
+
+(the CLI's ``train`` sees torchrun's environment and runs :func:`train_distributed`)
 
 or from a notebook / the CLI (``recon-kit train ... --nproc 2``) with :func:`launch`, which starts that command as a
 subprocess and streams its output.
@@ -24,7 +26,6 @@ What is replicated and what is reduced (the :class:`recon_kit.train.Trainer` doe
 from __future__ import annotations
 
 
-import argparse
 import json
 import logging
 import os
@@ -45,6 +46,9 @@ import torch  # noqa: E402  (after the NCCL environment default)
 
 
 import torch.distributed as dist  # noqa: E402
+from recon_kit.config import resolve
+from recon_kit.data.dataset import load_viewset
+from recon_kit.runs.run import finish
 from recon_kit.train.parallel import DistContext
 from recon_kit.train.parallel import _raise_if_any_failed
 from recon_kit.train.parallel import _reseed
@@ -128,8 +132,7 @@ def _switch_to_pass2(ctx: DistContext, trainer) -> None:
     error = None
     if ctx.is_main:
         try:
-            with trainer._lock:
-                trainer._switch_to_pass2()
+            trainer.switch_to_pass2()
         except Exception as err:  # noqa: BLE001 - reported to every rank below
             error = err
     _raise_if_any_failed(ctx, error)
@@ -186,44 +189,27 @@ def run_summary(ctx: DistContext, trainer, wall: Mapping[str, float]) -> dict:
     }
 
 
-# ---- torchrun entry point ---------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m recon_kit.runs.launch",
-        description="Data-parallel training of one reconstruction (one process per GPU; gloo on CPU).")
-    p.add_argument("--dataset", required=True, help="prepared dataset folder (with transforms.json)")
-    p.add_argument("--preset", default=None,
-                   help="preset name or config JSON (default: gpu-default on CUDA, cpu-small on CPU)")
-    p.add_argument("--run-dir", required=True, help="run folder (written by rank 0 only)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from recon_kit.config import parse_overrides
-    from recon_kit.config import resolve
-    from recon_kit.data.dataset import load_viewset
-    from recon_kit.runs.run import finish
-
-    a = build_parser().parse_args(argv)
+# ---- one process of a torchrun launch (``recon-kit train`` under torchrun) --------------------------------------
+def train_distributed(dataset_dir: str | Path, preset: str | Path | None, run_dir: str | Path,
+                      overrides: Mapping[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
+                      progress: bool = True) -> int:
+    """This process's share of a data-parallel training (what ``recon-kit train`` runs under torchrun): the same
+    parameters as :func:`recon_kit.runs.run.train_from_config`; rank 0 writes the run folder."""
     t_start = time.perf_counter()
-    preset = a.preset or ("gpu-default" if torch.cuda.is_available() else "cpu-small")
-    cfg = resolve(preset, parse_overrides(a.set))
+    preset = preset or ("gpu-default" if torch.cuda.is_available() else "cpu-small")
+    cfg = resolve(preset, dict(overrides or {}))
     ctx = init_from_env(cfg.device)
     logging.basicConfig(level=logging.INFO if ctx.is_main else logging.WARNING,
                         format=f"[rank {ctx.rank}] %(levelname)s %(name)s: %(message)s")
     try:
         log.info("data parallel: world_size=%d backend=%s device=%s batch=%d/%d", ctx.world_size, ctx.backend,
                  ctx.device, cfg.pass1.batch, cfg.pass2.batch)
-        views = load_viewset(a.dataset, resolution=cfg.data.resolution)
-        trainer = build_trainer(ctx, cfg, views, Path(a.run_dir).resolve() if ctx.is_main else None,
-                                resume=a.resume, overwrite=a.overwrite)
+        views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
+        trainer = build_trainer(ctx, cfg, views, Path(run_dir).resolve() if ctx.is_main else None,
+                                resume=resume, overwrite=overwrite)
         barrier(ctx)
         t_train = time.perf_counter()
-        train_loop(ctx, trainer, progress=not a.no_progress)
+        train_loop(ctx, trainer, progress=progress)
         assert_in_sync(ctx, trainer, "at the end of training", strict=False)
         barrier(ctx)
         t_end = time.perf_counter()
@@ -231,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             from recon_kit.runs.folder import RunDir
 
-            result = finish(trainer, a.dataset)
+            result = finish(trainer, dataset_dir)
             summary["wall_s"]["finish"] = round(time.perf_counter() - t_end, 3)
             RunDir(trainer.run_dir).write_json("distributed.json", summary)
             print(json.dumps({k: v for k, v in result.items() if not k.endswith("_views")}, indent=2, default=str))
@@ -251,13 +237,13 @@ def _value_text(value: Any) -> str:
 def torchrun_command(nproc: int, dataset: str | Path, preset: str | Path | None, run_dir: str | Path,
                      overrides: Mapping[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
                      progress: bool = True) -> list[str]:
-    """The ``python -m torch.distributed.run --standalone --nproc_per_node=N -m recon_kit.runs.launch ...`` argv."""
+    """The ``python -m torch.distributed.run --standalone --nproc_per_node=N -m recon_kit.cli train ...`` argv (the
+    CLI's ``train`` in each process; without ``preset``: gpu-default on CUDA, cpu-small on the CPU, per process)."""
     if int(nproc) < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-           "-m", "recon_kit.runs.launch", "--dataset", str(dataset), "--run-dir", str(run_dir)]
-    if preset is not None:
-        cmd += ["--preset", str(preset)]
+           "-m", "recon_kit.cli", "train", str(preset) if preset is not None else "auto",
+           "--dataset-dir", str(dataset), "--run-dir", str(run_dir)]
     for key, value in (overrides or {}).items():
         cmd += ["--set", f"{key}={_value_text(value)}"]
     if resume:
@@ -304,6 +290,3 @@ def launch(nproc: int, dataset: str | Path, preset: str | Path | None, run_dir: 
         raise RuntimeError(f"distributed training failed (exit status {rc}): {' '.join(cmd)}\n{tail}")
     return result
 
-
-if __name__ == "__main__":
-    sys.exit(main())

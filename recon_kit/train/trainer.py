@@ -305,6 +305,12 @@ class Trainer:
 
     # ---- pass switch: extract, clean, unwrap, bake --------------------------------------------------
     @torch.no_grad()
+    def switch_to_pass2(self) -> None:
+        """End pass 1 now: extract, clean, unwrap and bake its result, then start pass 2 (thread-safe; ``step()``
+        does this on its own when pass 1's iterations are done)."""
+        with self._lock:
+            self._switch_to_pass2()
+
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
         mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
