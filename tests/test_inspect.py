@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from recon_kit.io.video import write_gif, write_mp4
 import torch
 
 from recon_kit import config
@@ -19,7 +21,7 @@ from recon_kit.viz import turntable as tt
 
 def _tiny_cfg():
     return config.resolve("cpu-small", {
-        "pass1.iterations": 12, "pass2.iterations": 6, "dataset.resolution": 64, "geometry.grid_res": 32,
+        "pass1.iterations": 12, "pass2.iterations": 6, "data.resolution": 64, "geometry.grid_res": 32,
         "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0,
         "log_every": 2})
 
@@ -76,9 +78,9 @@ def test_gif_and_mp4(trained, tmp_path):
     import imageio.v3 as iio
 
     frames = tt.turntable(trained[1], n_frames=4, resolution=32)
-    gif = tt.save_gif(frames, tmp_path / "t.gif")
+    gif = write_gif(tmp_path / "t.gif", frames)
     assert iio.imread(gif, index=None).shape[0] == 4
-    mp4 = tt.save_mp4(frames, tmp_path / "t.mp4")
+    mp4 = write_mp4(tmp_path / "t.mp4", frames)
     assert mp4 is None or mp4.stat().st_size > 0
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from recon_kit import __version__
 
 
 
@@ -118,39 +117,27 @@ def _depth_to_uint16(depths: list[np.ndarray]) -> tuple[list[np.ndarray], float]
 
 
 def write_hdr(path: str | Path, image: np.ndarray) -> Path:
-    """Write a linear float ``[H,W,3]`` image as Radiance RGBE with run-length scanlines (negatives -> 0)."""
-    img = np.maximum(np.asarray(image, dtype=np.float64)[..., :3], 0.0)
-    h, w, _ = img.shape
-    peak = img.max(-1)
-    mant, exp = np.frexp(peak)
-    scale = np.where(peak > 1e-32, mant * 256.0 / np.maximum(peak, 1e-300), 0.0)
-    rgbe = np.zeros((h, w, 4), dtype=np.uint8)
-    rgbe[..., :3] = np.clip(np.floor(img * scale[..., None]), 0, 255).astype(np.uint8)
-    rgbe[..., 3] = np.where(peak > 1e-32, np.clip(exp + 128, 0, 255), 0).astype(np.uint8)
-    header = f"#?RADIANCE\nSOFTWARE=recon-kit {__version__}\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n"
-    chunks = [header.encode("ascii")]
-    if 8 <= w < 32768:
-        # new-style RLE with literal runs only: each channel of a scanline in blocks of <= 128 bytes
-        starts = np.arange(0, w, 128)
-        lengths = np.minimum(128, w - starts).astype(np.uint8)
-        line_head = bytes([2, 2, w >> 8, w & 255])
-        for row in rgbe:
-            chunks.append(line_head)
-            for c in range(4):
-                plane = row[:, c].tobytes()
-                chunks.extend(bytes([n]) + plane[s:s + n] for s, n in zip(starts, lengths.tolist()))
-    else:
-        flat = rgbe.copy()
-        run_marker = (flat[..., 0] == 1) & (flat[..., 1] == 1) & (flat[..., 2] == 1)
-        flat[run_marker, 2] = 2  # (1,1,1,x) would read as an old-style run; perturb by one mantissa step
-        chunks.append(flat.tobytes())
+    """Write a linear float ``[H,W,3]`` image as Radiance RGBE (OpenCV's writer; negatives -> 0).
+
+    The pixels are the ones the kit's own encoder wrote before (tests/test_io.py checks it byte for byte
+    after decoding); reading stays :func:`read_hdr` (see there why not OpenCV's reader).
+    """
+    import cv2
+
+    img = np.maximum(np.asarray(image, dtype=np.float32)[..., :3], 0.0)
     path = Path(path)
-    path.write_bytes(b"".join(chunks))
+    if not cv2.imwrite(str(path), np.ascontiguousarray(img[..., ::-1])):
+        raise OSError(f"could not write {path} (OpenCV's Radiance HDR writer failed); check the folder exists")
     return path
 
 
 def read_hdr(path: str | Path) -> np.ndarray:
-    """Read a Radiance RGBE file (flat or new-style RLE, ``-Y h +X w`` orientation) as linear float32 [H,W,3]."""
+    """Read a Radiance RGBE file (flat or new-style RLE, ``-Y h +X w`` orientation) as linear float32 [H,W,3].
+
+    Kept hand-written: OpenCV's reader decodes a mantissa ``m`` as ``m * 2^(e-136)`` where Radiance (and this
+    reader, and every probe the kit wrote) uses the texel centre ``(m + 0.5) * 2^(e-136)``; switching would darken
+    every stored probe by up to half a mantissa step (0.39 % of a pixel's peak channel).
+    """
     data = Path(path).read_bytes()
     if not data.startswith(b"#?"):
         raise ValueError(f"{path} is not a Radiance HDR file")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from recon_kit.io.video import _write_mp4
+from recon_kit.io.video import write_gif, write_mp4
 from recon_kit.runs.folder import snapshot_key
 from recon_kit.runs.folder import snapshots
 
@@ -99,18 +99,7 @@ def training_animation(run_dir: str | os.PathLike[str], fps: float = 4.0, mp4: b
             arr = label_frame(arr, f"pass {n}  it {it}" + (f"/{total}" if total else ""))
         frames.append(arr)
 
-    gif = run_dir / GIF_NAME
-    tmp = run_dir / f".{GIF_NAME}.tmp"
-    step_ms = max(20, int(round(1000.0 / fps)))
-    durations = [step_ms] * len(frames)
-    durations[-1] += int(hold_last_s * 1000)
-    pil = [Image.fromarray(f) for f in frames]
-    try:
-        pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0,
-                    optimize=False, disposal=1)
-        os.replace(tmp, gif)
-    finally:
-        tmp.unlink(missing_ok=True)
+    gif = write_gif(run_dir / GIF_NAME, frames, fps=fps, hold_last_s=hold_last_s)
     if mp4:
-        _write_mp4(run_dir / MP4_NAME, frames, fps, hold_last_s)
+        write_mp4(run_dir / MP4_NAME, frames, fps, hold_last_s)
     return gif

@@ -23,7 +23,7 @@ from recon_kit.color import linear_to_srgb
 from recon_kit.mesh import Mesh
 from recon_kit.render import get_rasterizer, make_background, render_mesh
 
-__all__ = ["turntable", "render_cameras", "orbit_cameras", "save_gif", "save_mp4", "comparison_grid",
+__all__ = ["turntable", "render_cameras", "orbit_cameras", "comparison_grid",
            "comparison_images", "texture_panel", "probe_panel", "frames_strip"]
 
 #: Views rendered in one batch (bounds the PyTorch rasteriser's memory at larger resolutions).
@@ -136,38 +136,6 @@ def turntable(source: Any, n_frames: int = 24, resolution: int = 256, elevation:
         bg = make_background(background, (1, 1, 1), "cpu").numpy()
         rgb = (rgb - bg * (1 - a)) * (2.0 ** exposure) + bg * (1 - a)
     return _to_uint8(rgb)
-
-
-def save_gif(frames: np.ndarray | Sequence[np.ndarray], path: str | Path, fps: float = 12.0, loop: int = 0) -> Path:
-    """Write uint8 frames [N,H,W,3] as an animated GIF (looping forever by default)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.asarray(frames)
-    iio.imwrite(path, frames, extension=".gif", duration=int(round(1000.0 / fps)), loop=loop)
-    return path
-
-
-def save_mp4(frames: np.ndarray | Sequence[np.ndarray], path: str | Path, fps: float = 24.0) -> Path | None:
-    """Write uint8 frames as an H.264 MP4 when imageio-ffmpeg works; returns None (and writes nothing) when it
-    does not. Frame sizes are padded to multiples of 16 by imageio (``macro_block_size=16``)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import imageio_ffmpeg  # noqa: F401
-
-        iio.imwrite(path, np.asarray(frames), extension=".mp4", fps=fps, codec="libx264", macro_block_size=16)
-    except Exception as err:  # no ffmpeg binary, no libx264, no plugin: the GIF is enough
-        import logging
-
-        logging.getLogger(__name__).warning("MP4 not written (%s: %s); the GIF has the same frames",
-                                            type(err).__name__, err)
-        path.unlink(missing_ok=True)
-        return None
-    return path
 
 
 def frames_strip(frames: np.ndarray, n: int = 6) -> np.ndarray:
