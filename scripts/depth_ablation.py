@@ -39,7 +39,7 @@ def main() -> None:
     dataset = ds / str(a.resolution)
     rows = []
     for w in a.weights:
-        overrides = {"loss.depth": w, "rk_dataset.resolution": a.resolution, "snapshot_every": 0}
+        overrides = {"loss.depth": w, "data.resolution": a.resolution, "snapshot_every": 0}
         overrides.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
         run = out / f"depth_{w:g}"
         result = rk_run.train_from_config(a.preset, dataset, run, overrides, overwrite=True, progress=False)

@@ -38,7 +38,7 @@ def test_nb04_on_a_tiny_run(tmp_path):
     dataset.prepare_dataset(cap, tmp_path / "data", [64], progress=False)
     ds = tmp_path / "data" / "64"
     cfg = config.resolve("cpu-small", {
-        "pass1.iterations": 12, "pass2.iterations": 6, "dataset.resolution": 64, "geometry.grid_res": 32,
+        "pass1.iterations": 12, "pass2.iterations": 6, "data.resolution": 64, "geometry.grid_res": 32,
         "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0})
     run_dir = tmp_path / "run"
     tr = rk_run.new_trainer(cfg, dataset.load_viewset(ds), run_dir)

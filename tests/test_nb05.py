@@ -17,7 +17,7 @@ from recon_kit import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_compare_runs.ipynb"
-TINY = {"pass1.iterations": 8, "pass2.iterations": 4, "rk_dataset.resolution": 48, "geometry.hull_res": 32,
+TINY = {"pass1.iterations": 8, "pass2.iterations": 4, "data.resolution": 48, "geometry.hull_res": 32,
         "material.texture_res": 64, "snapshot_every": 4, "checkpoint_every": 0, "log_every": 1}
 GRID = {"pass1.lr_mat": [0.01, 0.03], "geometry.grid_res": [24, 32]}
 

@@ -26,7 +26,7 @@ from recon_kit.viz import runs as viz_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Very small settings: about a second per run on 2 CPU cores.
-TINY = {"pass1.iterations": 8, "pass2.iterations": 4, "rk_dataset.resolution": 48, "geometry.hull_res": 32,
+TINY = {"pass1.iterations": 8, "pass2.iterations": 4, "data.resolution": 48, "geometry.hull_res": 32,
         "material.texture_res": 64, "snapshot_every": 4, "checkpoint_every": 0, "log_every": 1}
 GRID = {"pass1.lr_mat": [0.01, 0.03], "geometry.grid_res": [24, 32]}
 BAD = {"pass1.lr_mat": "fast"}  # not a float: the config rejects it, so this run fails
@@ -81,7 +81,7 @@ def test_grid_params_and_run_names():
         {"pass1.lr_mat": 0.01, "geometry.grid_res": 24}, {"pass1.lr_mat": 0.01, "geometry.grid_res": 32},
         {"pass1.lr_mat": 0.03, "geometry.grid_res": 24}, {"pass1.lr_mat": 0.03, "geometry.grid_res": 32}]
     assert rk_sweep.run_name({"pass1.lr_mat": 0.01, "geometry.grid_res": 32}) == "pass1.lr_mat=0.01__geometry.grid_res=32"
-    assert rk_sweep.run_name({"rk_dataset.val_background": "../a b"}) == "rk_dataset.val_background=.-a-b"
+    assert rk_sweep.run_name({"data.val_background": "../a b"}) == "data.val_background=.-a-b"
     assert rk_sweep.run_name({"material.kd_min": [0, 0.5, 0]}) == "material.kd_min=0,0.5,0"
     assert rk_sweep.run_name({"light.learn_light": False, "loss.depth": 1.0}) == "light.learn_light=false__loss.depth=1.0"
     assert rk_sweep.run_name({}) == "defaults"

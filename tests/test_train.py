@@ -24,7 +24,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny(**kw):
-    over = {"pass1.iterations": 12, "pass2.iterations": 6, "rk_dataset.resolution": 64, "geometry.grid_res": 32,
+    over = {"pass1.iterations": 12, "pass2.iterations": 6, "data.resolution": 64, "geometry.grid_res": 32,
             "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 4, "snapshot_every": 4,
             "log_every": 1}
     over.update(kw)

@@ -32,7 +32,7 @@ NB04 = ROOT / "notebooks" / "04_inspect_mesh.ipynb"
 DOCS_SHOT = ROOT / "docs" / "notebook03_training.png"
 
 #: notebook 03 on the demo object: small enough for 2 CPU cores, long enough to be still running while we act
-NB03_OVERRIDES = {"rk_dataset.resolution": 64, "geometry.grid_res": 32, "pass1.iterations": 400, "pass1.batch": 1,
+NB03_OVERRIDES = {"data.resolution": 64, "geometry.grid_res": 32, "pass1.iterations": 400, "pass1.batch": 1,
                   "pass2.iterations": 20}
 NEW_LR = 0.001  # what the test types into the pass1.lr_mat slider (cpu-small starts at 0.03)
 
@@ -305,7 +305,7 @@ def trained_run(demo_dataset, tmp_path_factory) -> Path:
     from recon_kit.data import dataset as rk_dataset
     from recon_kit.runs import run as rk_run
 
-    cfg = config.resolve("cpu-small", {"rk_dataset.resolution": 64, "geometry.grid_res": 32, "pass1.iterations": 30,
+    cfg = config.resolve("cpu-small", {"data.resolution": 64, "geometry.grid_res": 32, "pass1.iterations": 30,
                                        "pass2.iterations": 10, "pass1.batch": 1, "pass2.batch": 1})
     views = rk_dataset.load_viewset(demo_dataset, resolution=cfg.data.resolution)
     run_dir = tmp_path_factory.mktemp("nb04") / "run"
