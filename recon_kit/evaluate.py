@@ -1,4 +1,5 @@
-"""Evaluation metrics: image quality, silhouette overlap, surface distance and mesh facts, plus JSON/table helpers.
+"""Evaluation metrics: image quality, silhouette overlap, surface distance and mesh facts (metrics.json is
+written by :mod:`recon_kit.runs.folder`, shown by :mod:`recon_kit.runs.table`).
 
 Image metrics take torch tensors or numpy arrays ``[H,W,C]`` (or ``[H,W]``) holding sRGB values in [0, 1]
 and return Python floats. Geometry metrics compare surfaces by sampling points on both and querying

@@ -15,7 +15,7 @@ A capture folder written by :func:`render_capture`::
     test/<name>.png            held-out novel views, RGBA (straight alpha = pixel coverage), a prepared split
     test_depth/<name>.npy      float32 metric camera depth of the held-out views, 0 = background
     transforms_test.json       the held-out cameras (file_path "test/<name>.png"; "metric_depth_path" names the
-                               .npy file, a key :func:`recon_kit.data.load_viewset` ignores)
+                               .npy file, a key :func:`recon_kit.data.dataset.load_viewset` ignores)
     gt_mesh.obj                the rendered mesh in the cameras' world frame (+ gt_mesh.mtl, gt_texture.png)
 
 Shading is the kit's own split-sum PBR (:func:`recon_kit.render.render_mesh`) under a fixed procedural HDR
@@ -176,7 +176,7 @@ def demo_object(detail: float = 1.0, texture_size: int = 512, radius: float = 0.
 def demo_environment(res: int = 128, sun_direction: Sequence[float] = SUN_DIRECTION, sun_radiance: float = 150.0
                      ) -> np.ndarray:
     """A fixed procedural HDR sky, lat-long float32 ``[res, 2 res, 3]`` (linear, the convention of
-    :func:`recon_kit.light.latlong_dirs`): a blue-to-warm-horizon sky gradient, a dim brown ground and a
+    :func:`recon_kit.render.cubemap.latlong_dirs`): a blue-to-warm-horizon sky gradient, a dim brown ground and a
     bright sun blob (about 4 degrees) towards ``sun_direction``. Keeps the demo free of downloaded probes."""
     d = latlong_dirs(res, 2 * res).numpy().astype(np.float64)
     y = d[..., 1:2]
@@ -193,14 +193,14 @@ def demo_environment(res: int = 128, sun_direction: Sequence[float] = SUN_DIRECT
 
 
 def demo_light(res: int = 32, device: str | torch.device = "cpu") -> EnvLight:
-    """:func:`demo_environment` as an :class:`~recon_kit.light.EnvLight`. A small cube suffices because the
+    """:func:`demo_environment` as an :class:`~recon_kit.render.envlight.EnvLight`. A small cube suffices because the
     renders use roughness 0.5 (filtered from 8^2 texels) and the diffuse irradiance, and it is cheap to build."""
     return EnvLight.from_latlong(demo_environment(4 * res), res=res, min_res=8, device=device)
 
 
 def texture_material(rasterizer: Rasterizer, kd_srgb: np.ndarray, roughness: float = 0.5,
                      device: str | torch.device = "cpu") -> Callable:
-    """A :data:`~recon_kit.render.pipeline.MaterialFn`: mip-mapped kd lookups, ks = (0, roughness, 0), flat normal."""
+    """A :data:`~recon_kit.render.renderer.MaterialFn`: mip-mapped kd lookups, ks = (0, roughness, 0), flat normal."""
     tex = srgb_to_linear(torch.tensor(np.asarray(kd_srgb)[..., :3], dtype=torch.float32, device=device) / 255.0)[None]
     ks_value = torch.tensor([0.0, roughness, 0.0], device=device)
     flat = torch.tensor([0.0, 0.0, 1.0], device=device)

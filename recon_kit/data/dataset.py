@@ -1,4 +1,5 @@
-"""Captures, masks, transforms.json and the :class:`ViewSet` that training consumes.
+"""Prepared datasets: one folder per resolution written from a capture, read back as the :class:`ViewSet` training
+consumes (captures: :mod:`recon_kit.data.capture`; masks and alignment: ``data.masks``, ``data.align``).
 
 A *capture* is the user's folder::
 

@@ -1,4 +1,5 @@
-"""Pass-1 and pass-2 geometry: tetrahedral grids, marching tets, DMTet, the fixed-topology mesh, mesh clean-up.
+"""Pass-1 geometry: tetrahedral grids, marching tets, DMTet (pass 2's mesh: :mod:`recon_kit.model.fixed_mesh`;
+mesh clean-up: :mod:`recon_kit.mesh`).
 
 Conventions
   * SDF sign follows nvdiffrec: ``sdf > 0`` is INSIDE (occupied); the surface sits where the sign changes.

@@ -1,4 +1,6 @@
-"""Learnable HDR environment light and split-sum image-based shading (nvdiffrec 'pbr'), in pure PyTorch.
+"""Learnable HDR environment light (:class:`EnvLight`) with its prefiltered mip chain and probe files, and
+:func:`shade` (split-sum image-based shading, nvdiffrec 'pbr'), in pure PyTorch. Cube-map maths live in
+:mod:`recon_kit.render.cubemap`, the split-sum lookups in :mod:`recon_kit.render.shading`.
 
 Cubemap convention (OpenGL, the only one used in the kit; world is y-up):
   * a cube is a tensor ``[6, R, R, C]`` of linear HDR values, faces ordered ``+x, -x, +y, -y, +z, -z``;

@@ -10,7 +10,7 @@ Run it with torchrun (``docs/distributed.md``)::
 or from a notebook / the CLI (``recon-kit train ... --nproc 2``) with :func:`launch`, which starts that command as a
 subprocess and streams its output.
 
-What is replicated and what is reduced (the :class:`recon_kit.train.Trainer` does the per-step part):
+What is replicated and what is reduced (the :class:`recon_kit.train.trainer.Trainer` does the per-step part):
 
 * every rank holds the whole model, the optimisers and the dataset, and draws the same global batch from the
   seeded generator; rank ``r`` renders views ``[r*b/N, (r+1)*b/N)`` of it; the gradients are averaged with one
@@ -77,7 +77,7 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 def build_trainer(ctx: DistContext, cfg, views, run_dir: str | Path | None, resume: bool = False,
                   overwrite: bool = False):
-    """The :class:`recon_kit.train.Trainer` of this rank, identical on every rank (collective).
+    """The :class:`recon_kit.train.trainer.Trainer` of this rank, identical on every rank (collective).
 
     Rank 0: ``new_trainer(cfg, views, run_dir, resume, overwrite)`` (creates / checks the run folder, resumes from
     its latest checkpoint, writes config.json). Other ranks: ``Trainer(cfg, views, None)``. Fresh run: rank 0's

@@ -1,13 +1,12 @@
-"""Load a finished run folder back, without the Trainer: mesh, textures, light, config, metrics and history.
+"""A run folder: train into it (:func:`new_trainer`, :func:`finish`, :func:`train_from_config`) and load a finished one
+back without the Trainer (:func:`load_run`: mesh, textures, light, config, metrics and history).
 
-A run folder (see :mod:`recon_kit.rundir` and :meth:`recon_kit.train.Trainer.export`) holds ``config.json``,
+A run folder (see :mod:`recon_kit.runs.folder` and :meth:`recon_kit.train.trainer.Trainer.export`) holds ``config.json``,
 ``metrics.json``, ``history.jsonl`` and ``mesh/`` (``mesh.obj`` + textures + ``probe.hdr``).
 :func:`load_run` reads them into a :class:`Run` that notebook 04 re-renders (:mod:`recon_kit.viz.turntable`),
-measures (:func:`mesh_facts`, :func:`evaluate_against_gt`) and shows (:func:`metrics_table`).
-Results are merged into the run's ``metrics.json`` (:func:`recon_kit.metrics.write_metrics_json`).
+measures (:func:`mesh_facts`, :func:`evaluate_against_gt`) and shows (:func:`recon_kit.runs.table.metrics_table`).
+Results are merged into the run's ``metrics.json`` (:func:`recon_kit.runs.folder.write_metrics_json`).
 
-(This module's name shadows the standard library's ``inspect`` only for code that puts ``recon_kit/`` itself on
-``sys.path``; the package always uses absolute imports.)
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ class Run:
     """A run folder read back: everything needed to re-render the exported mesh.
 
     ``textures`` holds float32 arrays as :func:`recon_kit.io.meshfile.load_obj_folder` returns them (``kd_linear``,
-    ``ks``, ``normal_ts``, ``probe_latlong``); ``light`` is the :class:`~recon_kit.light.EnvLight` rebuilt from
+    ``ks``, ``normal_ts``, ``probe_latlong``); ``light`` is the :class:`~recon_kit.render.envlight.EnvLight` rebuilt from
     ``probe.hdr`` (None without a probe); ``config`` is the raw ``config.json`` dict.
     """
 
@@ -213,7 +212,7 @@ def _light_res(config: Mapping, light_res: int | None) -> int:
 
 
 def light_from_latlong(latlong, res: int = 64, device: str | torch.device = "cpu"):
-    """An :class:`~recon_kit.light.EnvLight` of a lat-long HDR image ``[H,W,3]``, an HDR file path, or an
+    """An :class:`~recon_kit.render.envlight.EnvLight` of a lat-long HDR image ``[H,W,3]``, an HDR file path, or an
     EnvLight (returned as it is)."""
     from recon_kit.render.envlight import load_probe
 
@@ -257,7 +256,7 @@ def _as_run(run: Run | str | Path) -> Run:
 
 
 def mesh_facts(run: Run | str | Path, write: bool = True) -> dict[str, Any]:
-    """:func:`recon_kit.metrics.mesh_stats` of the run's mesh and textures (probe left out); merged into
+    """:func:`recon_kit.evaluate.mesh_stats` of the run's mesh and textures (probe left out); merged into
     ``metrics.json`` under ``"mesh"`` when ``write``."""
     from recon_kit.evaluate import mesh_stats
     from recon_kit.runs.folder import write_metrics_json
@@ -274,7 +273,7 @@ def evaluate_against_gt(run: Run | str | Path, gt_mesh_path: str | Path, n_point
                         threshold: float = 0.01, seed: int = 0, write: bool = True) -> dict[str, Any]:
     """Chamfer-L1, F-score (at ``threshold`` x the GT bounding-box diagonal), precision, recall and normal
     consistency of the run's mesh against the ground-truth mesh file (OBJ/GLB/PLY), by
-    :func:`recon_kit.metrics.chamfer_fscore`. Both meshes must be in the same world frame (the demo's
+    :func:`recon_kit.evaluate.chamfer_fscore`. Both meshes must be in the same world frame (the demo's
     ``gt_mesh.obj`` is). Merged into ``metrics.json`` at the top level (:data:`GT_KEYS`) when ``write``.
     """
     import trimesh

@@ -1,10 +1,10 @@
-"""Run folders as a table, and parameter sweeps that fill a folder with runs.
+"""Parameter sweeps that fill a folder with runs (the table of runs is :mod:`recon_kit.runs.table`).
 
 Reading runs::
 
-    from recon_kit import runs
-    table = runs.load_runs("outputs/sweeps/lr")          # one row per run folder (sub-folders of the path)
-    runs.sort_runs(runs.filter_runs(table, {"geometry.grid_res": 48}), "train_psnr")
+    import recon_kit as rk
+    table = rk.load_runs("outputs/sweeps/lr")          # one row per run folder (sub-folders of the path)
+    rk.sort_runs(rk.filter_runs(table, {"geometry.grid_res": 48}), "train_psnr")
 
 A row holds the run's name, ``path``, ``status`` (finished: metrics.json present; failed: error.txt present;
 incomplete: anything else), ``error``, the swept parameters (from the folder's sweep.json), every flattened
@@ -17,7 +17,7 @@ names the column groups: ``params``, ``config``, ``metrics``, ``exports``.
 
 Sweeps::
 
-    sweep = runs.Sweep("outputs/sweeps/lr", dataset_dir="outputs/demo/data", preset="cpu-small",
+    sweep = rk.Sweep("outputs/sweeps/lr", dataset_dir="outputs/demo/data", preset="cpu-small",
                        grid={"pass1.lr_mat": [0.01, 0.03], "geometry.grid_res": [32, 48]},
                        base={"pass1.iterations": 100})
     table = sweep.run()                                  # tqdm bar; returns load_runs(sweep folder)

@@ -81,7 +81,7 @@ def _png(image) -> bytes:
 
 
 class TrainingPanel:
-    """Widgets around a :class:`~recon_kit.train.Trainer` built by ``make_trainer(cfg)``.
+    """Widgets around a :class:`~recon_kit.train.trainer.Trainer` built by ``make_trainer(cfg)``.
 
     ``display()`` shows the panel; ``run_headless()`` trains synchronously (papermill) with the same trainer.
     """
