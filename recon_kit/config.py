@@ -70,6 +70,16 @@ class LossConfig:
     occlusion: float = 0.001       # ks occlusion-channel regulariser, ramped in over 500 iterations
     light_reg: float = 0.005       # environment white-balance regulariser
     depth: float = 1.0             # scale/shift-invariant depth loss, used when the data has depth (0 = off)
+    depth_end: float = 1.0         # depth weight factor reached at the end of pass 1 (linear decay) and kept in pass 2
+    edge_px: float = 0.0           # band (px at 1024^2) inside mask edges where only photo foreground trains colour
+
+
+@dataclass
+class CameraRefineConfig:
+    refine: bool = False           # learn small per-view pose, zoom and principal-point corrections
+    lr: float = 5e-4               # Adam learning rate of the corrections
+    reg: float = 0.1               # weight of the squared-correction penalty
+    start: float = 0.1             # fraction of pass 1 before the corrections start to learn
 
 
 @dataclass
@@ -89,6 +99,7 @@ class ReconConfig:
     material: MaterialConfig = field(default_factory=MaterialConfig)
     light: LightConfig = field(default_factory=LightConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    cameras: CameraRefineConfig = field(default_factory=CameraRefineConfig)
     pass1: PassConfig = field(default_factory=PassConfig)
     pass2: PassConfig = field(default_factory=lambda: PassConfig(lr_pos=0.01, lr_mat=0.01, warmup=100))
     seed: int = 0
@@ -149,6 +160,8 @@ class ReconConfig:
             pc: PassConfig = getattr(self, p)
             checks += [(pc.iterations >= 0, f"{p}.iterations must be >= 0"), (pc.batch >= 1, f"{p}.batch must be >= 1"),
                        (pc.lr_pos >= 0 and pc.lr_mat >= 0, f"{p} learning rates must be >= 0")]
+        checks += [(self.cameras.lr >= 0 and self.cameras.reg >= 0, "cameras.lr and cameras.reg must be >= 0"),
+                   (0 <= self.cameras.start <= 1, "cameras.start must be a fraction of pass 1 in [0, 1]")]
         for w in fields(self.loss):
             if w.name != "color":
                 checks.append((getattr(self.loss, w.name) >= 0, f"loss.{w.name} must be >= 0"))

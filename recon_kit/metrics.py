@@ -455,3 +455,21 @@ class MetricsTable:
     def write_json(self, path: str | Path, key: str | None = None) -> dict[str, Any]:
         """Merge the rows into the JSON file at ``path``, under ``key`` when given."""
         return write_metrics_json(path, {key: self.rows} if key else self.rows)
+
+
+def fringe_score(rgb_srgb: np.ndarray, alpha: np.ndarray, background_srgb, band_px: float = 3.0,
+                 tol: float = 12 / 255) -> float:
+    """Share of the pixels in a band ``band_px`` wide just inside a silhouette whose colour is within ``tol``
+    (every sRGB channel, 0-1) of the capture's background colour: background baked into the albedo along
+    silhouettes ("white fringes"). ``rgb_srgb`` [H,W,3] in [0,1] should be rendered over a background far from
+    the capture's (black for a white studio), so antialiased edge pixels never count; ``alpha`` [H,W] is the
+    coverage (pixels above 0.99 are inside). 0 when the silhouette is empty."""
+    from scipy import ndimage
+
+    inside = np.asarray(alpha) > 0.99
+    r = max(1, int(round(band_px)))
+    band = inside & ~ndimage.binary_erosion(inside, iterations=r)
+    if not band.any():
+        return 0.0
+    near = (np.abs(np.asarray(rgb_srgb, dtype=np.float64) - np.asarray(background_srgb)[None, None]) <= tol).all(-1)
+    return float(near[band].mean())

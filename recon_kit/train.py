@@ -10,6 +10,7 @@ killed run resume to the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from . import bake, geometry, hull, materials
+from .camera_refine import CameraRefiner
 from .cameras import stack_matrices
 from .config import ReconConfig, resolve
 from .data import DataError, ViewSet, linear_to_srgb, load_viewset
@@ -73,6 +75,28 @@ def depth_loss(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> to
         b = my - a * mx
     resid = (y - (a[:, None] * x + b[:, None])).abs() * w
     return (resid.sum(1) / n).mean()
+
+
+def edge_weights(views: ViewSet, edge_px: float, tol: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(interior, color_weight)`` [N,H,W] for the colour and depth losses.
+
+    ``interior``: mask pixels farther than ``edge_px`` from the mask's edge. ``color_weight``: 1 on the interior,
+    and in the edge band only where the photo differs from its own background colour (the median of its border)
+    by more than ``tol`` (0-255, sRGB) in some channel. Masks of a real capture sit a few pixels off the
+    photo's object, and background pixels inside them would otherwise be learned as albedo ("white fringes").
+    """
+    mask = views.mask > 0.5
+    r = int(round(edge_px))
+    if r <= 0:
+        return mask, mask.float()
+    interior = mask & (F.max_pool2d((~mask).float()[:, None], 2 * r + 1, 1, r)[:, 0] == 0)
+    rgb = linear_to_srgb(views.rgb_linear.clamp(0, 1)) * 255
+    b = max(1, round(0.02 * min(rgb.shape[1:3])))
+    frame = torch.cat([rgb[:, :b].flatten(1, 2), rgb[:, -b:].flatten(1, 2), rgb[:, :, :b].flatten(1, 2),
+                       rgb[:, :, -b:].flatten(1, 2)], 1)
+    bg = frame.median(1).values
+    photo_fg = (rgb - bg[:, None, None]).abs().amax(-1) > tol
+    return interior, (mask & (interior | photo_fg)).float()
 
 
 def lr_factor(it: int, warmup: int, decay: float) -> float:
@@ -142,6 +166,11 @@ class Trainer:
         self.views = (views.resized(res, res) if views.rgb_linear.shape[1:3] != (res, res) else views).to(self.device)
         # Camera matrices of every training view, built once: a step only indexes them (no host work).
         self._view_mats = stack_matrices(self.views.cameras, device=self.device)
+        self._interior, self._color_w = edge_weights(self.views, cfg.loss.edge_px * res / 1024)
+        self.cam_refiner = None
+        if cfg.cameras.refine:
+            distance = float(np.mean([np.linalg.norm(c.position) for c in self.views.cameras]))
+            self.cam_refiner = CameraRefiner(self._view_mats, distance=distance).to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +231,8 @@ class Trainer:
             mat += list(self.light.parameters())
         self.opt_geo = torch.optim.Adam(geo, lr=self._pass_cfg.lr_pos)
         self.opt_mat = torch.optim.Adam(mat, lr=self._pass_cfg.lr_mat)
+        self.opt_cam = (torch.optim.Adam(self.cam_refiner.parameters(), lr=self.cfg.cameras.lr)
+                        if self.cam_refiner is not None else None)
 
     @property
     def _pass_cfg(self):
@@ -265,8 +296,9 @@ class Trainer:
         cfg, pc, lw = self.cfg, self._pass_cfg, self.cfg.loss
         t = self.it / max(1, pc.iterations)
         factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
-        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat)):
-            for group in opt.param_groups:
+        cam_lr = 0.0 if self.pass_idx == 0 and t < cfg.cameras.start else cfg.cameras.lr
+        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat), (self.opt_cam, cam_lr)):
+            for group in (opt.param_groups if opt is not None else ()):
                 group["lr"] = base * factor
         idx = self._next_batch(pc.batch)              # the global batch: identical on every rank
         H, W = self.views.rgb_linear.shape[1:3]
@@ -276,8 +308,10 @@ class Trainer:
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
         sub = self.views.subset(idx.tolist())
         sel = idx.to(self.device)
-        cams = {k: v.index_select(0, sel) for k, v in self._view_mats.items()}
+        cams = (self.cam_refiner(sel) if self.cam_refiner is not None
+                else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
         mask = sub.mask[..., None]
+        color_w = self._color_w.index_select(0, sel)[..., None]
         target = sub.rgb_linear * mask + bg * (1 - mask)
 
         with record_function("rk.extract"):
@@ -291,7 +325,7 @@ class Trainer:
         out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
-            "color": color_loss(out["rgb_linear"] * mask, target * mask, lw.color),
+            "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
         }
         ramp = min(1.0, self.it / 500.0)
         gmask = out["mask"][..., 0]
@@ -307,8 +341,12 @@ class Trainer:
         if lw.light_reg > 0 and self.cfg.light.learn_light:
             losses["light_reg"] = lw.light_reg * self.light.regularizer()
         if lw.depth > 0 and cfg.data.use_depth and sub.depth is not None:
-            valid = (gmask > 0) & (sub.depth > 0)
-            losses["depth"] = lw.depth * depth_loss(out["depth"][..., 0], sub.depth, valid) / cfg.geometry.mesh_scale
+            valid = (gmask > 0) & (sub.depth > 0) & self._interior.index_select(0, sel)
+            decay = lw.depth_end if self.pass_idx == 1 else 1.0 - (1.0 - lw.depth_end) * t
+            losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], sub.depth, valid)
+                               / cfg.geometry.mesh_scale)
+        if self.cam_refiner is not None:
+            losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
         if self.pass_idx == 0:
             losses["sdf_reg"] = geometry.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
         else:
@@ -320,14 +358,18 @@ class Trainer:
         losses["total"] = total.detach()
         return losses
 
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
+
     def _backward_step(self, loss: torch.Tensor) -> None:
-        self.opt_geo.zero_grad(set_to_none=True)
-        self.opt_mat.zero_grad(set_to_none=True)
+        opts = self._optimizers()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.world_size > 1:
-            _average_gradients(self.opt_geo.param_groups + self.opt_mat.param_groups, self.world_size)
-        self.opt_geo.step()
-        self.opt_mat.step()
+            _average_gradients([g for opt in opts for g in opt.param_groups], self.world_size)
+        for opt in opts:
+            opt.step()
         with torch.no_grad():
             self.light.clamp_()
             if self.textures is not None:
@@ -479,6 +521,8 @@ class Trainer:
                  "opt_geo": self.opt_geo.state_dict(), "opt_mat": self.opt_mat.state_dict(),
                  "generator": self.generator.get_state(), "bg_generator": self.bg_generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
+        if self.cam_refiner is not None:
+            state["cam_refiner"], state["opt_cam"] = self.cam_refiner.state_dict(), self.opt_cam.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.pass_idx == 0:
@@ -507,6 +551,9 @@ class Trainer:
         self._make_optimizers()
         self.opt_geo.load_state_dict(state["opt_geo"])
         self.opt_mat.load_state_dict(state["opt_mat"])
+        if self.cam_refiner is not None and "cam_refiner" in state:
+            self.cam_refiner.load_state_dict(state["cam_refiner"])
+            self.opt_cam.load_state_dict(state["opt_cam"])
         self.generator.set_state(state["generator"])
         if "bg_generator" in state:
             self.bg_generator.set_state(state["bg_generator"])
@@ -557,13 +604,59 @@ class Trainer:
         zip_path = export.bundle_zip(folder, folder.parent / "mesh.zip")
         return {"folder": folder, "glb": glb, "zip": zip_path, **({"files": paths} if paths else {})}
 
+    def refined_views(self) -> ViewSet:
+        """The training views under the learned camera corrections (the views as given without refinement)."""
+        if self.cam_refiner is None:
+            return self.views
+        return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
+
+    @torch.no_grad()
+    def fringe(self, n_views: int = 8, elevation_deg: float = 20.0, band_px: float = 3.0) -> dict:
+        """Fringe score (:func:`recon_kit.metrics.fringe_score`) of renders from ``n_views`` angles between the
+        training views (azimuths offset by half a step from the axes) at the training cameras' distance and
+        field of view, plus the same score of the training photos' own edge bands for reference."""
+        from . import metrics
+        from .cameras import Camera, look_at
+
+        cam0 = self.views.cameras[0]
+        res = cam0.width
+        dist = float(np.linalg.norm(cam0.position))
+        el = math.radians(elevation_deg)
+        cams = []
+        for k in range(n_views):
+            az = 2 * math.pi * (k + 0.5) / n_views
+            eye = dist * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+            cams.append(Camera.from_fov(look_at(eye), cam0.camera_angle_x, res, res, name=f"novel_{k}"))
+        novel = ViewSet([c.name for c in cams], cams, torch.zeros(n_views, res, res, 3), torch.zeros(n_views, res, res))
+        bg = self._photo_background()
+        band = band_px * res / 1024
+        out = self.render_views(novel, background="black")
+        rgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
+        alpha = out["alpha"][..., 0].cpu().numpy()
+        scores = [metrics.fringe_score(rgb[i], alpha[i], bg, band) for i in range(n_views)]
+        photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
+        masks = self.views.mask.cpu().numpy()
+        ref = [metrics.fringe_score(photos[i], masks[i], bg, band) for i in range(len(self.views))]
+        return {"fringe": float(np.mean(scores)), "fringe_views": scores, "fringe_photos": float(np.mean(ref)),
+                "fringe_images": rgb}
+
+    def _photo_background(self) -> np.ndarray:
+        """The capture's background colour (sRGB, 0-1): the median of the first photo's border."""
+        rgb = linear_to_srgb(self.views.rgb_linear[0].clamp(0, 1)).cpu().numpy()
+        b = max(1, round(0.02 * min(rgb.shape[:2])))
+        frame = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3),
+                                rgb[:, -b:].reshape(-1, 3)])
+        return np.median(frame, axis=0)
+
     @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
         """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
-        PSNR: sRGB, clamped, over the validation background."""
+        PSNR: sRGB, clamped, over the validation background; for views with depth maps, the depth residual
+        (the scale/shift-invariant depth loss over the mask interior, in units of the grid's size). Training
+        views are rendered under the learned camera corrections when refinement is on."""
         from . import metrics
 
-        views = views if views is not None else self.views
+        views = views if views is not None else self.refined_views()
         out = self.render_views(views)
         bg = 1.0 if self.cfg.data.val_background == "white" else 0.0
         views = views.to(self.device)
@@ -575,7 +668,15 @@ class Trainer:
             mk = views.mask[i].cpu().numpy() > 0.5
             rows.append({"view": views.names[i], "psnr": metrics.psnr(pred, ref), "psnr_masked": metrics.psnr(pred, ref, mk),
                          "ssim": metrics.ssim(pred, ref), "iou": metrics.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
-        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_masked", "ssim", "iou")}
+        if views.depth is not None:
+            interior, _ = edge_weights(views, self.cfg.loss.edge_px * views.rgb_linear.shape[2] / 1024)
+            pred = out["depth"][..., 0]
+            for i, r in enumerate(rows):
+                valid = (out["alpha"][i, ..., 0] > 0.5) & (views.depth[i] > 0) & interior[i]
+                r["depth_residual"] = float(depth_loss(pred[i:i + 1], views.depth[i:i + 1], valid[None])
+                                            / self.cfg.geometry.mesh_scale)
+        keys = ("psnr", "psnr_masked", "ssim", "iou") + (("depth_residual",) if views.depth is not None else ())
+        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
         summary[f"{split}_views"] = rows
         return summary
 
