@@ -39,15 +39,17 @@ def run_one(args) -> dict:
     import imageio.v3 as iio
     import torch
 
-    from recon_kit import config, data, train
+    from recon_kit import config
+    from recon_kit.data.dataset import load_viewset
+    from recon_kit.runs.run import finish, new_trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = config.resolve(args.preset, parse_sets(args.set))
     t0 = time.perf_counter()
-    views = data.load_viewset(args.dataset, resolution=cfg.data.resolution)
-    tr = train.new_trainer(cfg, views, out / "run", overwrite=True)
+    views = load_viewset(args.dataset, resolution=cfg.data.resolution)
+    tr = new_trainer(cfg, views, out / "run", overwrite=True)
     cuda = tr.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
@@ -61,7 +63,7 @@ def run_one(args) -> dict:
     sync()
     t_rest = time.perf_counter() - t2
     t3 = time.perf_counter()
-    result = train.finish(tr, args.dataset)
+    result = finish(tr, args.dataset)
     t_finish = time.perf_counter() - t3
     fr = tr.fringe()
     iio.imwrite(out / "novel.png", (np.concatenate(list(fr.pop("fringe_images")), 1) * 255 + 0.5).astype(np.uint8))

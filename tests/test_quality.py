@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from recon_kit import config, data, metrics, synth, train
-from recon_kit.camera_refine import CameraRefiner, axis_angle_to_matrix
+from recon_kit import config, evaluate as metrics, losses, synth
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.runs import run as rk_run
+from recon_kit.model.camera_refine import CameraRefiner, axis_angle_to_matrix
 from recon_kit.cameras import axis_rig, stack_matrices
 
 
@@ -13,7 +15,7 @@ from recon_kit.cameras import axis_rig, stack_matrices
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cap = synth.write_demo_capture(root / "capture", resolution=96, n_test=2)
-    data.prepare_dataset(cap, root / "data", [64], progress=False)
+    rk_dataset.prepare_dataset(cap, root / "data", [64], progress=False)
     return root / "data" / "64"
 
 
@@ -48,11 +50,11 @@ def test_edge_band_keeps_only_photo_foreground():
     rgb[:, 8:24, 8:24] = torch.tensor([0.5, 0.05, 0.05])  # red object
     mask = torch.zeros(1, H, W)
     mask[:, 6:26, 6:26] = 1                            # mask 2 px too large on every side
-    views = data.ViewSet(["v"], axis_rig(W, H)[:1], rgb, mask)
-    interior, weight = train.edge_weights(views, edge_px=3)
+    views = rk_dataset.ViewSet(["v"], axis_rig(W, H)[:1], rgb, mask)
+    interior, weight = losses.edge_weights(views, edge_px=3)
     assert weight[0, 7, 15] == 0 and weight[0, 9, 15] == 1   # background inside the mask is dropped
     assert interior[0, 15, 15] and not interior[0, 7, 15]
-    assert torch.equal(train.edge_weights(views, 0)[1], mask)
+    assert torch.equal(losses.edge_weights(views, 0)[1], mask)
 
 
 def test_fringe_score_counts_background_coloured_edges():
@@ -73,7 +75,7 @@ def test_training_with_refinement_edges_and_depth_schedule(dataset, tmp_path):
         "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0,
         "log_every": 1, "cameras.refine": True, "cameras.start": 0.25, "cameras.lr": 1e-3,
         "loss.edge_px": 32.0, "loss.depth_end": 0.1})
-    tr = train.new_trainer(cfg, data.load_viewset(dataset), tmp_path / "run")
+    tr = rk_run.new_trainer(cfg, rk_dataset.load_viewset(dataset), tmp_path / "run")
     tr.run(progress=False)
     assert all(np.isfinite(h["total"]) for h in tr.history) and "camera_reg" in tr.history[-1]
     assert float(tr.cam_refiner.zoom.abs().sum()) > 0

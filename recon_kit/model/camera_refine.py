@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cameras import Camera
+from recon_kit.cameras import Camera
 
 
 def axis_angle_to_matrix(rot: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ killed run resume to the same result.
 
 from __future__ import annotations
 
+
 import dataclasses
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -25,16 +25,33 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from . import bake, geometry, hull, materials
-from .camera_refine import CameraRefiner
-from .cameras import stack_matrices
-from .config import ReconConfig, resolve
-from .data import DataError, ViewSet, linear_to_srgb, load_viewset
-from .light import EnvLight
-from .render import get_rasterizer, make_background, render_mesh
-from .render.pipeline import frame_from_normal
+from recon_kit import bake
+from recon_kit import evaluate as rk_evaluate
+from recon_kit.io import meshfile
+from recon_kit import mesh as rk_mesh
+from recon_kit.model import dmtet as rk_dmtet
+from recon_kit.model import fixed_mesh
+from recon_kit.model import hull
+from recon_kit.model import materials
+from recon_kit.model.camera_refine import CameraRefiner
+from recon_kit.cameras import stack_matrices
+from recon_kit.config import ReconConfig
+from recon_kit.data.dataset import ViewSet
+from recon_kit.color import linear_to_srgb
+from recon_kit.render.envlight import EnvLight
+from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.render.renderer import frame_from_normal
+from recon_kit.train.parallel import _average_gradients
+from recon_kit.train.parallel import _mean_over_ranks
+from recon_kit.train.parallel import _world
+from recon_kit.losses import color_loss
+from recon_kit.losses import depth_loss
+from recon_kit.losses import edge_weights
+
+
 
 log = logging.getLogger(__name__)
+
 
 PASS_NAMES = ("pass1", "pass2")
 
@@ -47,100 +64,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def tonemap_srgb_log(x: torch.Tensor) -> torch.Tensor:
-    """nvdiffrec's tonemap for the log-L1 loss: sRGB(log(x + 1)) of linear HDR colour."""
-    return linear_to_srgb(torch.log(x.clamp(0, 65535) + 1))
-
-
-def color_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "logl1":
-        return (tonemap_srgb_log(pred) - tonemap_srgb_log(target)).abs().mean()
-    if kind == "l1":
-        return (pred - target).abs().mean()
-    return ((pred - target) ** 2).mean()
-
-
-def depth_loss(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Scale/shift-invariant depth loss: per view, fit ``pred ~ a * ref + b`` by least squares over pixels where
-    both have depth (the capture's depth encoding is unknown, 8-bit and possibly inverted), then the mean
-    absolute residual. The fit is detached so it acts as a fixed per-view calibration at each step."""
-    w = valid.flatten(1).float()
-    x, y = ref.flatten(1), pred.flatten(1)
-    n = w.sum(1).clamp_min(1.0)
-    with torch.no_grad():
-        mx, my = (w * x).sum(1) / n, (w * y).sum(1) / n
-        vx = (w * (x - mx[:, None]) ** 2).sum(1) / n
-        cxy = (w * (x - mx[:, None]) * (y - my[:, None])).sum(1) / n
-        a = cxy / vx.clamp_min(1e-12)
-        b = my - a * mx
-    resid = (y - (a[:, None] * x + b[:, None])).abs() * w
-    return (resid.sum(1) / n).mean()
-
-
-def edge_weights(views: ViewSet, edge_px: float, tol: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(interior, color_weight)`` [N,H,W] for the colour and depth losses.
-
-    ``interior``: mask pixels farther than ``edge_px`` from the mask's edge. ``color_weight``: 1 on the interior,
-    and in the edge band only where the photo differs from its own background colour (the median of its border)
-    by more than ``tol`` (0-255, sRGB) in some channel. Masks of a real capture sit a few pixels off the
-    photo's object, and background pixels inside them would otherwise be learned as albedo ("white fringes").
-    """
-    mask = views.mask > 0.5
-    r = int(round(edge_px))
-    if r <= 0:
-        return mask, mask.float()
-    interior = mask & (F.max_pool2d((~mask).float()[:, None], 2 * r + 1, 1, r)[:, 0] == 0)
-    rgb = linear_to_srgb(views.rgb_linear.clamp(0, 1)) * 255
-    b = max(1, round(0.02 * min(rgb.shape[1:3])))
-    frame = torch.cat([rgb[:, :b].flatten(1, 2), rgb[:, -b:].flatten(1, 2), rgb[:, :, :b].flatten(1, 2),
-                       rgb[:, :, -b:].flatten(1, 2)], 1)
-    bg = frame.median(1).values
-    photo_fg = (rgb - bg[:, None, None]).abs().amax(-1) > tol
-    return interior, (mask & (interior | photo_fg)).float()
-
-
 def lr_factor(it: int, warmup: int, decay: float) -> float:
     """nvdiffrec's schedule: linear warm-up, then 10^(-decay * (it - warmup))."""
     if warmup > 0 and it < warmup:
         return (it + 1) / warmup
     return 10.0 ** (-decay * (it - warmup))
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of an initialised torch.distributed process group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _average_gradients(param_groups: list[dict], world_size: int) -> None:
-    """All-reduce (mean) the gradients of every parameter, in one flat bucket per dtype/device."""
-    import torch.distributed as dist
-
-    grads = [p.grad for g in param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _mean_over_ranks(losses: dict, world_size: int, device: torch.device) -> dict:
-    """Losses averaged over ranks (each rank holds the losses of its share of the batch), as floats."""
-    if world_size == 1:
-        return {k: float(v) for k, v in losses.items()}
-    import torch.distributed as dist
-
-    keys = list(losses)
-    flat = torch.stack([torch.as_tensor(losses[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
-    dist.all_reduce(flat)
-    return dict(zip(keys, (flat / world_size).tolist()))
 
 
 @dataclass
@@ -200,8 +128,8 @@ class Trainer:
     # ---- model construction -------------------------------------------------------------------------
     def _build_pass1(self) -> None:
         g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
-        grid = geometry.TetGrid.generate(geometry.kuhn_res_for(g.grid_res), device=self.device)
-        self.dmtet = geometry.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
+        grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
+        self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)
         if g.init == "random":
             self.dmtet.init_sdf("random", generator=self.generator)
@@ -348,7 +276,7 @@ class Trainer:
         if self.cam_refiner is not None:
             losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
         if self.pass_idx == 0:
-            losses["sdf_reg"] = geometry.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
+            losses["sdf_reg"] = rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
         else:
             losses["laplace"] = self.fixed.laplacian(t, cfg.geometry.laplace_scale)
         total = sum(losses.values())
@@ -358,11 +286,8 @@ class Trainer:
         losses["total"] = total.detach()
         return losses
 
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
-
     def _backward_step(self, loss: torch.Tensor) -> None:
-        opts = self._optimizers()
+        opts = [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -398,19 +323,25 @@ class Trainer:
 
     # ---- pass switch: extract, clean, unwrap, bake --------------------------------------------------
     @torch.no_grad()
+    def switch_to_pass2(self) -> None:
+        """End pass 1 now: extract, clean, unwrap and bake its result, then start pass 2 (thread-safe; ``step()``
+        does this on its own when pass 1's iterations are done)."""
+        with self._lock:
+            self._switch_to_pass2()
+
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        mesh = geometry.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
+        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
         if mesh.num_faces == 0:
             raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
-                               "(notebook 02) or start from the visual hull (geometry.init='hull')")
+                               "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
         mesh = bake.uv_unwrap(mesh)
         textures = bake.bake_field(self.rast, mesh, self._bake_fn(mesh), texture_res=self.cfg.material.texture_res)
         m = self.cfg.material
         self.textures = materials.TexturedMaterial.from_arrays(
             textures["kd"], textures["ks"], textures["normal"], kd_min=m.kd_min, kd_max=m.kd_max,
             ks_min=m.ks_min, ks_max=m.ks_max, device=self.device)
-        self.fixed = geometry.FixedMesh(mesh).to(self.device)
+        self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
         self.pass_idx, self.it = 1, 0
         self._make_optimizers()
         self.timings["bake"] += time.perf_counter() - t0
@@ -537,11 +468,11 @@ class Trainer:
             self.dmtet.load_state_dict(state["dmtet"])
             self.field.load_state_dict(state["field"])
         else:
-            from .mesh import Mesh
+            from recon_kit.mesh import Mesh
 
             fx = state["fixed"]
             mesh = Mesh(fx["v_init"], fx["t_pos_idx"], fx.get("v_tex"), fx.get("t_tex_idx"))
-            self.fixed = geometry.FixedMesh(mesh).to(self.device)
+            self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
             self.fixed.load_state_dict(fx)
             tx = state["textures"]
             self.textures = materials.TexturedMaterial.from_arrays(
@@ -591,7 +522,6 @@ class Trainer:
     @torch.no_grad()
     def export(self, folder: str | Path | None = None, overwrite: bool = True) -> dict:
         """Write the mesh folder (OBJ/MTL/PNG/probe.hdr, nvdiffrec's layout), ``model.glb`` and a zip."""
-        from . import export
 
         if self.pass_idx == 0:
             raise RuntimeError("export needs pass 2 (textures); run the trainer to the end first")
@@ -599,62 +529,37 @@ class Trainer:
         mesh = self.fixed.mesh()
         kd, ks, nrm = (t.to_numpy() for t in (self.textures.kd, self.textures.ks, self.textures.normal))
         probe = self.light.to_latlong(256)
-        paths = export.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
-        glb = export.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
-        zip_path = export.bundle_zip(folder, folder.parent / "mesh.zip")
+        paths = meshfile.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
+        glb = meshfile.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
+        zip_path = meshfile.bundle_zip(folder, folder.parent / "mesh.zip")
         return {"folder": folder, "glb": glb, "zip": zip_path, **({"files": paths} if paths else {})}
 
     def refined_views(self) -> ViewSet:
-        """The training views under the learned camera corrections (the views as given without refinement)."""
+        """The training views under the learned camera corrections (as given when refinement is off)."""
         if self.cam_refiner is None:
             return self.views
         return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
 
     @torch.no_grad()
-    def fringe(self, n_views: int = 8, elevation_deg: float = 20.0, band_px: float = 3.0) -> dict:
-        """Fringe score (:func:`recon_kit.metrics.fringe_score`) of renders from ``n_views`` angles between the
-        training views (azimuths offset by half a step from the axes) at the training cameras' distance and
-        field of view, plus the same score of the training photos' own edge bands for reference."""
-        from . import metrics
-        from .cameras import Camera, look_at
-
-        cam0 = self.views.cameras[0]
-        res = cam0.width
-        dist = float(np.linalg.norm(cam0.position))
-        el = math.radians(elevation_deg)
-        cams = []
-        for k in range(n_views):
-            az = 2 * math.pi * (k + 0.5) / n_views
-            eye = dist * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
-            cams.append(Camera.from_fov(look_at(eye), cam0.camera_angle_x, res, res, name=f"novel_{k}"))
-        novel = ViewSet([c.name for c in cams], cams, torch.zeros(n_views, res, res, 3), torch.zeros(n_views, res, res))
-        bg = self._photo_background()
-        band = band_px * res / 1024
+    def fringe(self, n_views: int = 8, band_px: float = 3.0) -> dict:
+        """Fringe scores (:func:`recon_kit.evaluate.fringe_report`) of renders over black from ``n_views``
+        angles between the training views; ``fringe_images`` holds those renders (sRGB, 0-1)."""
+        cams = rk_evaluate.between_views(self.views.cameras[0], n_views)
+        size = (n_views, cams[0].height, cams[0].width)
+        novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
         out = self.render_views(novel, background="black")
-        rgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
-        alpha = out["alpha"][..., 0].cpu().numpy()
-        scores = [metrics.fringe_score(rgb[i], alpha[i], bg, band) for i in range(n_views)]
+        srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
         photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
-        masks = self.views.mask.cpu().numpy()
-        ref = [metrics.fringe_score(photos[i], masks[i], bg, band) for i in range(len(self.views))]
-        return {"fringe": float(np.mean(scores)), "fringe_views": scores, "fringe_photos": float(np.mean(ref)),
-                "fringe_images": rgb}
-
-    def _photo_background(self) -> np.ndarray:
-        """The capture's background colour (sRGB, 0-1): the median of the first photo's border."""
-        rgb = linear_to_srgb(self.views.rgb_linear[0].clamp(0, 1)).cpu().numpy()
-        b = max(1, round(0.02 * min(rgb.shape[:2])))
-        frame = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3),
-                                rgb[:, -b:].reshape(-1, 3)])
-        return np.median(frame, axis=0)
+        scale = cams[0].width / 1024
+        report = rk_evaluate.fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos,
+                                           self.views.mask.cpu().numpy(), band_px * scale)
+        return {**report, "fringe_images": srgb}
 
     @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
         """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
-        PSNR: sRGB, clamped, over the validation background; for views with depth maps, the depth residual
-        (the scale/shift-invariant depth loss over the mask interior, in units of the grid's size). Training
-        views are rendered under the learned camera corrections when refinement is on."""
-        from . import metrics
+        PSNR: sRGB, clamped, over the validation background; with depth maps, the depth residual (the depth
+        loss over the mask interior). Training views are rendered under the learned camera corrections."""
 
         views = views if views is not None else self.refined_views()
         out = self.render_views(views)
@@ -666,85 +571,15 @@ class Trainer:
             ref = linear_to_srgb((views.rgb_linear[i] * m + bg * (1 - m)).clamp(0, 1)).cpu().numpy()
             pred = linear_to_srgb(out["rgb_linear"][i].clamp(0, 1)).cpu().numpy()
             mk = views.mask[i].cpu().numpy() > 0.5
-            rows.append({"view": views.names[i], "psnr": metrics.psnr(pred, ref), "psnr_masked": metrics.psnr(pred, ref, mk),
-                         "ssim": metrics.ssim(pred, ref), "iou": metrics.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
+            rows.append({"view": views.names[i], "psnr": rk_evaluate.psnr(pred, ref), "psnr_masked": rk_evaluate.psnr(pred, ref, mk),
+                         "ssim": rk_evaluate.ssim(pred, ref), "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
         if views.depth is not None:
             interior, _ = edge_weights(views, self.cfg.loss.edge_px * views.rgb_linear.shape[2] / 1024)
-            pred = out["depth"][..., 0]
             for i, r in enumerate(rows):
                 valid = (out["alpha"][i, ..., 0] > 0.5) & (views.depth[i] > 0) & interior[i]
-                r["depth_residual"] = float(depth_loss(pred[i:i + 1], views.depth[i:i + 1], valid[None])
-                                            / self.cfg.geometry.mesh_scale)
+                r["depth_residual"] = float(depth_loss(out["depth"][i:i + 1, ..., 0], views.depth[i:i + 1],
+                                                       valid[None]) / self.cfg.geometry.mesh_scale)
         keys = ("psnr", "psnr_masked", "ssim", "iou") + (("depth_residual",) if views.depth is not None else ())
         summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
         summary[f"{split}_views"] = rows
         return summary
-
-
-def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, resume: bool = False,
-                overwrite: bool = False) -> Trainer:
-    """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked."""
-    from .rundir import RunDir
-
-    if run_dir is None:
-        return Trainer(cfg, views, None)
-    rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume)
-    trainer = Trainer(cfg, views, rd.dir)
-    if resume and trainer.resume():
-        saved = ReconConfig.load(rd.dir / "config.json") if (rd.dir / "config.json").exists() else None
-        if saved is not None and saved.to_dict() != cfg.to_dict():
-            log.warning("resuming %s with a config that differs from its config.json", rd.dir)
-    cfg.save(rd.dir / "config.json")
-    return trainer
-
-
-def train_from_config(config: str | Path | ReconConfig | None, dataset_dir: str | Path, run_dir: str | Path,
-                      overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> dict:
-    """Scripted run (the CLI's ``train``): load data, train both passes, export, evaluate, write metrics.json."""
-    cfg = resolve(config, overrides)
-    views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
-    trainer = new_trainer(cfg, views, run_dir, resume=resume, overwrite=overwrite)
-    trainer.run(progress=progress)
-    return finish(trainer, dataset_dir)
-
-
-def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
-    """Export, evaluate on the training views (and held-out views when the dataset has them), write metrics."""
-    from .metrics import write_metrics_json
-
-    exported = trainer.export()
-    if trainer.run_dir is not None:  # training.gif (+ .mp4) from the snapshots, before metrics.json marks the run done
-        try:
-            from .animation import training_animation
-
-            animation = training_animation(trainer.run_dir)
-            if animation is not None:
-                exported["animation"] = animation
-        except Exception as err:  # noqa: BLE001 - a convenience output never fails a finished run
-            import warnings
-
-            warnings.warn(f"training animation not written: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
-    result = {"iterations": {"pass1": trainer.cfg.pass1.iterations, "pass2": trainer.cfg.pass2.iterations},
-              "timings_s": dict(trainer.timings), "device": str(trainer.device), "backend": trainer.rast.name,
-              "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
-              "faces": trainer.fixed.mesh().num_faces}
-    result.update(trainer.evaluate(split="train"))
-    result["dataset_dir"] = str(Path(dataset_dir).resolve())
-    try:  # held-out views, when the dataset (or its <res>/ folder) has transforms_test.json
-        test_views = load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution, split="test")
-    except DataError:
-        test_views = None
-    if test_views is not None:
-        result.update(trainer.evaluate(test_views, split="test"))
-    if trainer.run_dir is not None:
-        write_metrics_json(trainer.run_dir / "metrics.json", result)
-    result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
-    return result
-
-
-def metrics_table(run_dir: str | Path):
-    """The run's metrics.json as a table (one row per scalar; per-view lists are left out)."""
-    from .metrics import metrics_dataframe, read_metrics_json
-
-    return metrics_dataframe(read_metrics_json(Path(run_dir) / "metrics.json"))
