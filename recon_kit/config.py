@@ -103,6 +103,23 @@ class LossConfig:
     """Environment white-balance regulariser."""
     depth: float = 1.0
     """Scale/shift-invariant depth loss, used when the data has depth (0 = off)."""
+    depth_end: float = 1.0
+    """Depth weight factor reached at the end of pass 1 (linear decay from 1), kept in pass 2."""
+    edge_px: float = 0.0
+    """Band (px at 1024^2, scaled with the resolution) inside mask edges where only photo foreground trains
+    colour and depth is not used: keeps the photos' background out of the albedo (white fringes)."""
+
+
+@dataclass
+class CameraRefineConfig:
+    refine: bool = False
+    """Learn small per-view pose, zoom and principal-point corrections with the scene."""
+    lr: float = 5e-4
+    """Adam learning rate of the corrections."""
+    reg: float = 0.1
+    """Weight of the squared-correction penalty (also pins the gauge)."""
+    start: float = 0.1
+    """Fraction of pass 1 before the corrections start to learn (the surface forms first)."""
 
 
 @dataclass
@@ -133,6 +150,8 @@ class ReconConfig:
     """Learned environment light."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Loss weights."""
+    cameras: CameraRefineConfig = field(default_factory=CameraRefineConfig)
+    """Per-view camera refinement."""
     pass1: PassConfig = field(default_factory=PassConfig)
     """Pass 1: DMTet geometry + neural materials."""
     pass2: PassConfig = field(default_factory=lambda: PassConfig(lr_pos=0.01, lr_mat=0.01, warmup=100))
@@ -202,6 +221,8 @@ class ReconConfig:
             pc: PassConfig = getattr(self, p)
             checks += [(pc.iterations >= 0, f"{p}.iterations must be >= 0"), (pc.batch >= 1, f"{p}.batch must be >= 1"),
                        (pc.lr_pos >= 0 and pc.lr_mat >= 0, f"{p} learning rates must be >= 0")]
+        checks += [(self.cameras.lr >= 0 and self.cameras.reg >= 0, "cameras.lr and cameras.reg must be >= 0"),
+                   (0 <= self.cameras.start <= 1, "cameras.start must be a fraction of pass 1 in [0, 1]")]
         for w in fields(self.loss):
             if w.name != "color":
                 checks.append((getattr(self.loss, w.name) >= 0, f"loss.{w.name} must be >= 0"))
@@ -265,6 +286,9 @@ def apply_overrides(cfg: ReconConfig, overrides: dict | None) -> ReconConfig:
     return ReconConfig.from_dict(data, source="overrides")
 
 
+# What makes the kit behave like nvdiffrec: its random SDF start and no depth loss.
+NVDIFFREC_BEHAVIOUR = {"geometry": {"init": "random"}, "data": {"use_depth": False}}
+
 PRESETS: dict[str, dict] = {
     # Minutes on a 2-core CPU: the demo, CI and notebooks under papermill.
     "cpu-small": {"data": {"resolution": 128}, "geometry": {"grid_res": 48, "hull_res": 64, "laplace_scale": 1000.0},
@@ -276,9 +300,16 @@ PRESETS: dict[str, dict] = {
     "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": 2.1},
                     "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                     "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
-                    "material": {"texture_res": 1024}, "snapshot_every": 100},
-    # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth).
-    "seed-nvdiffrec": {"geometry": {"init": "random"}, "data": {"use_depth": False}},
+                    "material": {"texture_res": 1024}, "snapshot_every": 100,
+                    # real captures: photo background kept out of the albedo, hand-framed views corrected
+                    "loss": {"edge_px": 8.0}, "cameras": {"refine": True}},
+    # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth, no camera or edge
+    # corrections) at the user's nvdiffrec settings (1024^2, batch 2, grid 128, 5000 + 5000, lr 0.03 / 0.01).
+    "seed-nvdiffrec": {"geometry": {"init": "random", "grid_res": 128, "mesh_scale": 2.1},  # NVDIFFREC_BEHAVIOUR +
+                       "data": {"use_depth": False, "resolution": 1024},
+                       "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
+                       "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
+                       "material": {"texture_res": 1024}},
 }
 
 
@@ -326,7 +357,7 @@ def from_nvdiffrec(data: dict, source: str = "nvdiffrec config") -> ReconConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown nvdiffrec key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    cfg = ReconConfig.from_dict(PRESETS["seed-nvdiffrec"], source=source).to_dict()
+    cfg = ReconConfig.from_dict(NVDIFFREC_BEHAVIOUR, source=source).to_dict()
     it = data.get("iter", 5000)
     batch = data.get("batch", 1)
     for p in ("pass1", "pass2"):

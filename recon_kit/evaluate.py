@@ -18,6 +18,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from recon_kit.cameras import Camera, look_at
 from recon_kit.mesh import Mesh
 
 
@@ -314,3 +315,54 @@ def mesh_stats(mesh: Mesh | Any, textures: Mapping[str, ArrayLike] | None = None
         shape = tuple(int(s) for s in tex.shape)
         stats["texture_sizes"][name] = list(shape if len(shape) == 3 else (*shape, 1))
     return stats
+
+
+def fringe_score(rgb_srgb: np.ndarray, alpha: np.ndarray, background_srgb, band_px: float = 3.0,
+                 tol: float = 12 / 255) -> float:
+    """Share of the pixels in a band ``band_px`` wide just inside a silhouette whose colour is within ``tol``
+    (every sRGB channel, 0-1) of the capture's background colour: background baked into the albedo along
+    silhouettes ("white fringes"). ``rgb_srgb`` [H,W,3] in [0,1] should be rendered over a background far from
+    the capture's (black for a white studio), so antialiased edge pixels never count; ``alpha`` [H,W] is the
+    coverage (pixels above 0.99 are inside). 0 when the silhouette is empty."""
+    from scipy import ndimage
+
+    inside = np.asarray(alpha) > 0.99
+    r = max(1, int(round(band_px)))
+    band = inside & ~ndimage.binary_erosion(inside, iterations=r)
+    if not band.any():
+        return 0.0
+    near = (np.abs(np.asarray(rgb_srgb, dtype=np.float64) - np.asarray(background_srgb)[None, None]) <= tol).all(-1)
+    return float(near[band].mean())
+
+
+def between_views(camera: Camera, n_views: int = 8, elevation_deg: float = 20.0) -> list[Camera]:
+    """``n_views`` cameras between axis-aligned training views: azimuths 180/n + k 360/n degrees at
+    ``elevation_deg``, aimed at the origin at ``camera``'s distance, field of view and image size."""
+    dist = float(np.linalg.norm(camera.position))
+    el = math.radians(elevation_deg)
+    cams = []
+    for k in range(n_views):
+        az = 2 * math.pi * (k + 0.5) / n_views
+        eye = dist * np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+        cams.append(Camera.from_fov(look_at(eye), camera.camera_angle_x, camera.width, camera.height,
+                                    name=f"between_{k}"))
+    return cams
+
+
+def border_colour(rgb_srgb: np.ndarray, border: float = 0.02) -> np.ndarray:
+    """A photo's background colour ``[3]``: the median of a frame ``border`` (fraction of the short side) wide."""
+    b = max(1, round(border * min(rgb_srgb.shape[:2])))
+    frame = np.concatenate([rgb_srgb[:b].reshape(-1, 3), rgb_srgb[-b:].reshape(-1, 3),
+                            rgb_srgb[:, :b].reshape(-1, 3), rgb_srgb[:, -b:].reshape(-1, 3)])
+    return np.median(frame, axis=0)
+
+
+def fringe_report(renders_srgb: np.ndarray, alphas: np.ndarray, photos_srgb: np.ndarray, masks: np.ndarray,
+                  band_px: float = 3.0) -> dict:
+    """Fringe scores of renders ``[V,H,W,3]`` (over black) against the photos' background colour, and the
+    photos' own score along their mask edges for reference (white parts of the object touching the
+    background count there too)."""
+    background = border_colour(photos_srgb[0])
+    views = [fringe_score(renders_srgb[i], alphas[i], background, band_px) for i in range(len(renders_srgb))]
+    photos = [fringe_score(photos_srgb[i], masks[i], background, band_px) for i in range(len(photos_srgb))]
+    return {"fringe": float(np.mean(views)), "fringe_views": views, "fringe_photos": float(np.mean(photos))}

@@ -1,11 +1,14 @@
-"""Training losses: colour (log-L1 on tone-mapped sRGB), depth."""
+"""Training losses: colour (log-L1 on tone-mapped sRGB), depth, and the per-pixel weights they use."""
 
 from __future__ import annotations
 
 
 
 import torch
-from recon_kit.color import tonemap_srgb_log
+import torch.nn.functional as F
+
+from recon_kit.color import linear_to_srgb, tonemap_srgb_log
+from recon_kit.data.dataset import ViewSet
 
 
 
@@ -33,3 +36,25 @@ def depth_loss(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> to
         b = my - a * mx
     resid = (y - (a[:, None] * x + b[:, None])).abs() * w
     return (resid.sum(1) / n).mean()
+
+
+def edge_weights(views: ViewSet, edge_px: float, tol: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(interior, color_weight)`` [N,H,W] for the depth and colour losses.
+
+    ``interior``: mask pixels farther than ``edge_px`` from the mask's edge. ``color_weight``: 1 on the interior,
+    and in the edge band only where the photo differs from its own background colour (the median of its border)
+    by more than ``tol`` (0-255, sRGB) in some channel. Masks of a real capture sit a few pixels off the
+    photo's object, and background pixels inside them would otherwise be learned as albedo ("white fringes").
+    """
+    mask = views.mask > 0.5
+    r = int(round(edge_px))
+    if r <= 0:
+        return mask, mask.float()
+    interior = mask & (F.max_pool2d((~mask).float()[:, None], 2 * r + 1, 1, r)[:, 0] == 0)
+    rgb_srgb = linear_to_srgb(views.rgb_linear.clamp(0, 1)) * 255
+    b = max(1, round(0.02 * min(rgb_srgb.shape[1:3])))
+    frame = torch.cat([rgb_srgb[:, :b].flatten(1, 2), rgb_srgb[:, -b:].flatten(1, 2),
+                       rgb_srgb[:, :, :b].flatten(1, 2), rgb_srgb[:, :, -b:].flatten(1, 2)], 1)
+    background = frame.median(1).values
+    photo_fg = (rgb_srgb - background[:, None, None]).abs().amax(-1) > tol
+    return interior, (mask & (interior | photo_fg)).float()

@@ -11,6 +11,7 @@ killed run resume to the same result.
 from __future__ import annotations
 
 
+import dataclasses
 import json
 import logging
 import threading
@@ -32,6 +33,7 @@ from recon_kit.model import dmtet as rk_dmtet
 from recon_kit.model import fixed_mesh
 from recon_kit.model import hull
 from recon_kit.model import materials
+from recon_kit.model.camera_refine import CameraRefiner
 from recon_kit.cameras import stack_matrices
 from recon_kit.config import ReconConfig
 from recon_kit.data.dataset import ViewSet
@@ -44,6 +46,7 @@ from recon_kit.train.parallel import _mean_over_ranks
 from recon_kit.train.parallel import _world
 from recon_kit.losses import color_loss
 from recon_kit.losses import depth_loss
+from recon_kit.losses import edge_weights
 
 
 
@@ -91,6 +94,11 @@ class Trainer:
         self.views = (views.resized(res, res) if views.rgb_linear.shape[1:3] != (res, res) else views).to(self.device)
         # Camera matrices of every training view, built once: a step only indexes them (no host work).
         self._view_mats = stack_matrices(self.views.cameras, device=self.device)
+        self._interior, self._color_w = edge_weights(self.views, cfg.loss.edge_px * res / 1024)
+        self.cam_refiner = None
+        if cfg.cameras.refine:
+            distance = float(np.mean([np.linalg.norm(c.position) for c in self.views.cameras]))
+            self.cam_refiner = CameraRefiner(self._view_mats, distance=distance).to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +159,8 @@ class Trainer:
             mat += list(self.light.parameters())
         self.opt_geo = torch.optim.Adam(geo, lr=self._pass_cfg.lr_pos)
         self.opt_mat = torch.optim.Adam(mat, lr=self._pass_cfg.lr_mat)
+        self.opt_cam = (torch.optim.Adam(self.cam_refiner.parameters(), lr=self.cfg.cameras.lr)
+                        if self.cam_refiner is not None else None)
 
     @property
     def _pass_cfg(self):
@@ -214,8 +224,9 @@ class Trainer:
         cfg, pc, lw = self.cfg, self._pass_cfg, self.cfg.loss
         t = self.it / max(1, pc.iterations)
         factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
-        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat)):
-            for group in opt.param_groups:
+        cam_lr = 0.0 if self.pass_idx == 0 and t < cfg.cameras.start else cfg.cameras.lr
+        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat), (self.opt_cam, cam_lr)):
+            for group in (opt.param_groups if opt is not None else ()):
                 group["lr"] = base * factor
         idx = self._next_batch(pc.batch)              # the global batch: identical on every rank
         H, W = self.views.rgb_linear.shape[1:3]
@@ -225,8 +236,10 @@ class Trainer:
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
         sub = self.views.subset(idx.tolist())
         sel = idx.to(self.device)
-        cams = {k: v.index_select(0, sel) for k, v in self._view_mats.items()}
+        cams = (self.cam_refiner(sel) if self.cam_refiner is not None
+                else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
         mask = sub.mask[..., None]
+        color_w = self._color_w.index_select(0, sel)[..., None]
         target = sub.rgb_linear * mask + bg * (1 - mask)
 
         with record_function("rk.extract"):
@@ -240,7 +253,7 @@ class Trainer:
         out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
-            "color": color_loss(out["rgb_linear"] * mask, target * mask, lw.color),
+            "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
         }
         ramp = min(1.0, self.it / 500.0)
         gmask = out["mask"][..., 0]
@@ -256,8 +269,12 @@ class Trainer:
         if lw.light_reg > 0 and self.cfg.light.learn_light:
             losses["light_reg"] = lw.light_reg * self.light.regularizer()
         if lw.depth > 0 and cfg.data.use_depth and sub.depth is not None:
-            valid = (gmask > 0) & (sub.depth > 0)
-            losses["depth"] = lw.depth * depth_loss(out["depth"][..., 0], sub.depth, valid) / cfg.geometry.mesh_scale
+            valid = (gmask > 0) & (sub.depth > 0) & self._interior.index_select(0, sel)
+            decay = lw.depth_end if self.pass_idx == 1 else 1.0 - (1.0 - lw.depth_end) * t
+            losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], sub.depth, valid)
+                               / cfg.geometry.mesh_scale)
+        if self.cam_refiner is not None:
+            losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
         if self.pass_idx == 0:
             losses["sdf_reg"] = rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
         else:
@@ -270,13 +287,14 @@ class Trainer:
         return losses
 
     def _backward_step(self, loss: torch.Tensor) -> None:
-        self.opt_geo.zero_grad(set_to_none=True)
-        self.opt_mat.zero_grad(set_to_none=True)
+        opts = [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.world_size > 1:
-            _average_gradients(self.opt_geo.param_groups + self.opt_mat.param_groups, self.world_size)
-        self.opt_geo.step()
-        self.opt_mat.step()
+            _average_gradients([g for opt in opts for g in opt.param_groups], self.world_size)
+        for opt in opts:
+            opt.step()
         with torch.no_grad():
             self.light.clamp_()
             if self.textures is not None:
@@ -434,6 +452,8 @@ class Trainer:
                  "opt_geo": self.opt_geo.state_dict(), "opt_mat": self.opt_mat.state_dict(),
                  "generator": self.generator.get_state(), "bg_generator": self.bg_generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
+        if self.cam_refiner is not None:
+            state["cam_refiner"], state["opt_cam"] = self.cam_refiner.state_dict(), self.opt_cam.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.pass_idx == 0:
@@ -462,6 +482,9 @@ class Trainer:
         self._make_optimizers()
         self.opt_geo.load_state_dict(state["opt_geo"])
         self.opt_mat.load_state_dict(state["opt_mat"])
+        if self.cam_refiner is not None and "cam_refiner" in state:
+            self.cam_refiner.load_state_dict(state["cam_refiner"])
+            self.opt_cam.load_state_dict(state["opt_cam"])
         self.generator.set_state(state["generator"])
         if "bg_generator" in state:
             self.bg_generator.set_state(state["bg_generator"])
@@ -511,12 +534,34 @@ class Trainer:
         zip_path = meshfile.bundle_zip(folder, folder.parent / "mesh.zip")
         return {"folder": folder, "glb": glb, "zip": zip_path, **({"files": paths} if paths else {})}
 
+    def refined_views(self) -> ViewSet:
+        """The training views under the learned camera corrections (as given when refinement is off)."""
+        if self.cam_refiner is None:
+            return self.views
+        return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
+
+    @torch.no_grad()
+    def fringe(self, n_views: int = 8, band_px: float = 3.0) -> dict:
+        """Fringe scores (:func:`recon_kit.evaluate.fringe_report`) of renders over black from ``n_views``
+        angles between the training views; ``fringe_images`` holds those renders (sRGB, 0-1)."""
+        cams = rk_evaluate.between_views(self.views.cameras[0], n_views)
+        size = (n_views, cams[0].height, cams[0].width)
+        novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
+        out = self.render_views(novel, background="black")
+        srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
+        photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
+        scale = cams[0].width / 1024
+        report = rk_evaluate.fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos,
+                                           self.views.mask.cpu().numpy(), band_px * scale)
+        return {**report, "fringe_images": srgb}
+
     @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
         """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
-        PSNR: sRGB, clamped, over the validation background."""
+        PSNR: sRGB, clamped, over the validation background; with depth maps, the depth residual (the depth
+        loss over the mask interior). Training views are rendered under the learned camera corrections."""
 
-        views = views if views is not None else self.views
+        views = views if views is not None else self.refined_views()
         out = self.render_views(views)
         bg = 1.0 if self.cfg.data.val_background == "white" else 0.0
         views = views.to(self.device)
@@ -528,6 +573,13 @@ class Trainer:
             mk = views.mask[i].cpu().numpy() > 0.5
             rows.append({"view": views.names[i], "psnr": rk_evaluate.psnr(pred, ref), "psnr_masked": rk_evaluate.psnr(pred, ref, mk),
                          "ssim": rk_evaluate.ssim(pred, ref), "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
-        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_masked", "ssim", "iou")}
+        if views.depth is not None:
+            interior, _ = edge_weights(views, self.cfg.loss.edge_px * views.rgb_linear.shape[2] / 1024)
+            for i, r in enumerate(rows):
+                valid = (out["alpha"][i, ..., 0] > 0.5) & (views.depth[i] > 0) & interior[i]
+                r["depth_residual"] = float(depth_loss(out["depth"][i:i + 1, ..., 0], views.depth[i:i + 1],
+                                                       valid[None]) / self.cfg.geometry.mesh_scale)
+        keys = ("psnr", "psnr_masked", "ssim", "iou") + (("depth_residual",) if views.depth is not None else ())
+        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
         summary[f"{split}_views"] = rows
         return summary
