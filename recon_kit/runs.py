@@ -7,7 +7,7 @@ Reading runs::
     runs.sort_runs(runs.filter_runs(table, {"geometry.grid_res": 48}), "train_psnr")
 
 A row holds the run's name, ``path``, ``status`` (finished: metrics.json present; failed: error.txt present;
-incomplete: anything else), ``error``, the swept parameters (from the folder's sweep.json), every flattened
+stopped: stopped.json present, an early-stopping scheduler ended it; incomplete: anything else), ``error``, the swept parameters (from the folder's sweep.json), every flattened
 config key (:func:`recon_kit.config.flatten`: ``pass1.lr_mat``, ...), the scalar metrics (``train_psnr``,
 ``timings_s.pass1``, ...; a metric whose name is also a config key, such as ``device``, becomes
 ``metrics.device``), ``wall_s`` (training time: the sum of metrics.json's ``timings_s``), ``sweep_wall_s`` (the
@@ -27,7 +27,9 @@ Each parameter set trains into ``<sweep folder>/<name>`` where the name is built
 resumes an interrupted one from its last checkpoint and retries failed ones. A run that raises leaves
 ``error.txt`` in its folder and a ``failed`` entry in ``sweep.json``; the other runs go on. ``engine="trainer"``
 (default) calls :func:`recon_kit.train.train_from_config` in this process; ``engine="papermill"`` executes
-notebooks/03_train.ipynb for each run (executed copies in ``<sweep folder>/notebooks/``).
+notebooks/03_train.ipynb for each run (executed copies in ``<sweep folder>/notebooks/``); ``engine="ray"``
+schedules the runs as Ray Tune trials (:mod:`recon_kit.ray_engine`: GPUs per trial, ASHA, Optuna, clusters;
+``run(ray=RayOptions(...))``), each still training in-process on its worker into the same run folders.
 The command line: ``recon-kit sweep --dataset D --grid pass1.lr_mat=0.01,0.03 --out outputs/sweeps/NAME``.
 """
 
@@ -52,7 +54,7 @@ from typing import Any
 from .animation import snapshot_key, snapshots  # noqa: F401  (snapshot_key re-exported)
 
 __all__ = [
-    "EXPORTS", "MANIFEST", "ERROR_FILE", "RunRecord", "Sweep", "SweepError", "grid_params", "run_name",
+    "EXPORTS", "MANIFEST", "ERROR_FILE", "STOPPED_FILE", "RunRecord", "Sweep", "SweepError", "grid_params", "run_name",
     "is_run_dir", "list_runs", "read_run", "load_runs", "load_history", "load_histories", "filter_runs",
     "sort_runs", "best_run", "summary", "param_columns", "metric_columns", "varying_columns", "demo_dataset",
 ]
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "sweep.json"
 ERROR_FILE = "error.txt"
+STOPPED_FILE = "stopped.json"  # an early-stopping scheduler ended the run (ray engine): not a failure
 NOTEBOOK_FOLDER = "notebooks"  # papermill engine: executed copies of 03_train, one per run
 #: what a run folder may export (table column -> path inside the run folder)
 EXPORTS = {
@@ -198,7 +201,7 @@ class RunRecord:
     """What one run folder holds (files read when the record is made, the history on demand)."""
 
     path: Path
-    status: str                      # finished, failed, incomplete
+    status: str                      # finished, failed, stopped, incomplete
     config: dict[str, Any] | None    # flattened config.json
     metrics: dict[str, Any] | None   # metrics.json as written (nested, with per-view lists)
     env: dict[str, Any] | None
@@ -245,6 +248,8 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
         status, error = "finished", None
     elif (p / ERROR_FILE).exists():
         status, error = "failed", _read_error(p)
+    elif (p / STOPPED_FILE).exists():
+        status, error = "stopped", None
     else:
         status, error = "incomplete", None
     exports = {k: p / rel for k, rel in EXPORTS.items() if (p / rel).exists()}
@@ -462,7 +467,8 @@ class Sweep:
     ``grid``: ``{"dotted.key": [values]}`` (every combination); ``runs``: explicit parameter sets
     (``[{"pass1.lr_mat": 0.01}, ...]``, appended after the grid's). ``base``: overrides every run gets (a
     run's parameters win). ``preset``: preset name or config file (as notebook 03's ``preset``).
-    ``engine``: ``"trainer"`` (in this process), ``"papermill"`` (notebook 03 per run) or a callable
+    ``engine``: ``"trainer"`` (in this process), ``"papermill"`` (notebook 03 per run), ``"ray"`` (Ray Tune
+    trials, each training as ``"trainer"`` on a Ray worker: :mod:`recon_kit.ray_engine`) or a callable
     ``engine(preset=, dataset_dir=, run_dir=, overrides=, resume=, overwrite=)``.
     """
 
@@ -477,8 +483,8 @@ class Sweep:
         self.explicit = [dict(r) for r in (runs or [])]
         self.preset = str(preset)
         self.base = dict(base or {})
-        if not (callable(engine) or engine in ("trainer", "papermill")):
-            raise SweepError(f"engine must be 'trainer', 'papermill' or a callable, got {engine!r}")
+        if not (callable(engine) or engine in ("trainer", "papermill", "ray")):
+            raise SweepError(f"engine must be 'trainer', 'papermill', 'ray' or a callable, got {engine!r}")
         self.engine = engine
         self.timeout = timeout
         self.params += self.explicit
@@ -519,7 +525,7 @@ class Sweep:
 
     # ---- planning -------------------------------------------------------------------------------------
     def plan(self):
-        """One row per parameter set: name, status (finished, failed, incomplete, pending) and parameters."""
+        """One row per parameter set: name, status (finished, failed, stopped, incomplete, pending) and parameters."""
         import pandas as pd
 
         rows = [{"name": p.name, "status": p.status, **p.params} for p in self._plan()]
@@ -587,31 +593,22 @@ class Sweep:
 
     # ---- running --------------------------------------------------------------------------------------
     def run(self, progress: bool = True, retry_failed: bool = True, rerun: bool = False,
-            stop_on_error: bool = False, echo: Callable[[str], Any] | None = None):
+            stop_on_error: bool = False, echo: Callable[[str], Any] | None = None, ray: Any = None):
         """Train every parameter set that is not finished yet; returns :func:`load_runs` of the sweep folder.
 
         ``retry_failed=False`` leaves failed runs as they are; ``rerun=True`` trains finished runs again (their
-        folders are emptied first); ``stop_on_error=True`` re-raises the first failure.
+        folders are emptied first); ``stop_on_error=True`` re-raises the first failure. ``engine="ray"``: ``ray``
+        is a :class:`recon_kit.ray_engine.RayOptions` (or a dict of its fields) and the runs go to Ray Tune.
         """
         from tqdm.auto import tqdm
 
-        if not self.dataset_dir.exists():
-            raise FileNotFoundError(f"dataset folder {self.dataset_dir} does not exist")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        planned = self._plan()
-        if not rerun:
-            self._check_finished(planned)
-        man = self._load_manifest()
-        old = {e.get("name"): e for e in man.get("runs", []) if isinstance(e, dict)}
-        entries: dict[str, dict] = {}
-        for p in planned:
-            prev = old.get(p.name, {})
-            entries[p.name] = {"name": p.name, "params": p.params, "status": p.status,
-                               **{k: prev[k] for k in ("error", "wall_s", "started_utc", "finished_utc") if k in prev}}
-            if p.status != "failed":
-                entries[p.name].pop("error", None)
-        self._save_manifest(man, entries)
+        if self.engine == "ray":
+            from .ray_engine import run_sweep
 
+            return run_sweep(self, ray, progress=progress, retry_failed=retry_failed, rerun=rerun, echo=echo)
+        if ray is not None:
+            raise SweepError("ray options need engine='ray'")
+        planned, man, entries = self._start(rerun)
         counts = {"trained": 0, "skipped": 0, "failed": 0}
         bar = tqdm(total=len(planned), desc=f"sweep {self.out_dir.name}", disable=not progress, unit="run")
         try:
@@ -648,6 +645,26 @@ class Sweep:
             self._save_manifest(man, entries)
         return self.table()
 
+    def _start(self, rerun: bool) -> tuple[list[_Planned], dict, dict[str, dict]]:
+        """Check the dataset and finished runs, write the manifest's entries for the plan (every engine)."""
+        if not self.dataset_dir.exists():
+            raise FileNotFoundError(f"dataset folder {self.dataset_dir} does not exist")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        planned = self._plan()
+        if not rerun:
+            self._check_finished(planned)
+        man = self._load_manifest()
+        old = {e.get("name"): e for e in man.get("runs", []) if isinstance(e, dict)}
+        entries: dict[str, dict] = {}
+        for p in planned:
+            prev = old.get(p.name, {})
+            entries[p.name] = {"name": p.name, "params": p.params, "status": p.status,
+                               **{k: prev[k] for k in ("error", "wall_s", "started_utc", "finished_utc") if k in prev}}
+            if p.status != "failed":
+                entries[p.name].pop("error", None)
+        self._save_manifest(man, entries)
+        return planned, man, entries
+
     def table(self):
         """:func:`load_runs` of this sweep's folders (runs of the current plan first)."""
         import pandas as pd
@@ -675,6 +692,7 @@ class Sweep:
                     can_resume = False
             resume, overwrite = can_resume, not can_resume
         (d / ERROR_FILE).unlink(missing_ok=True)
+        (d / STOPPED_FILE).unlink(missing_ok=True)
         entry.update(status="running", started_utc=_utc_now(), resumed=resume)
         entry.pop("error", None)
         entry.pop("finished_utc", None)

@@ -1,0 +1,221 @@
+"""The ray engine (recon_kit.ray_engine) and batch reconstruction (recon_kit.batch) on a local 2-CPU Ray.
+
+One Ray per test session (starting one takes ~10 s); tiny demo-object runs as in tests/test_runs.py. Skipped when
+Ray Tune is not installed (the ``cluster`` extra, part of ``dev``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.tune", reason="the ray engine needs the cluster extra: pip install recon-kit[cluster]")
+
+from recon_kit import batch, data, runs, synth  # noqa: E402
+from recon_kit.ray_engine import RayOptions, random_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"pass1.iterations": 8, "pass2.iterations": 4, "data.resolution": 48, "geometry.hull_res": 32,
+        "material.texture_res": 64, "snapshot_every": 4, "checkpoint_every": 0, "log_every": 1,
+        "geometry.grid_res": 24}
+# what differs between two engines' tables of the same runs: where and when they ran
+RUN_SPECIFIC = ("path", "wall_s", "sweep_wall_s", "env.", "timings_s.", "mesh_zip", "glb", "obj", "training_",
+                "viewer", "turntable")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray with 2 CPUs for the whole session; its workers import this checkout's recon_kit."""
+    ray = pytest.importorskip("ray")
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "OMP_NUM_THREADS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=1)
+    data.prepare_dataset(cap, root / "data", [48], progress=False)
+    return root / "data" / "48"
+
+
+def _comparable(table):
+    cols = [c for c in table.columns if not any(c == k or c.startswith(k) for k in RUN_SPECIFIC)]
+    return table[cols]
+
+
+def test_options_and_random_params():
+    assert RayOptions(metric="train_psnr").metric_mode == "max" and RayOptions().metric_mode == "min"
+    with pytest.raises(runs.SweepError, match="scheduler"):
+        RayOptions(scheduler="hyperband")
+    with pytest.raises(runs.SweepError, match="unknown ray option"):
+        RayOptions.coerce({"gpus": 1})
+    grid = {"pass1.lr_mat": [0.01, 0.02, 0.03], "seed": [0, 1]}
+    drawn = random_params(grid, 4, seed=3)
+    assert len(drawn) == 4 and len({runs.run_name(p) for p in drawn}) == 4
+    assert drawn == random_params(grid, 4, seed=3) and len(random_params(grid, 50)) == 6
+    with pytest.raises(runs.SweepError, match="ray options need engine='ray'"):
+        runs.Sweep("x", ".", grid={"seed": [0]}).run(ray=RayOptions())
+
+
+def test_ray_sweep_equals_sequential(local_ray, dataset, tmp_path, one_thread):
+    params = [{"seed": s, "pass1.lr_mat": lr} for s, lr in ((0, 0.01), (1, 0.03), (2, 0.02))]
+    seq = runs.Sweep(tmp_path / "seq", dataset, runs=params, base=TINY).run(progress=False)
+    lines: list[str] = []
+    sweep = runs.Sweep(tmp_path / "ray", dataset, runs=params, base=TINY, engine="ray")
+    table = sweep.run(progress=False, ray=RayOptions(echo=lines.append))
+    assert list(table.index) == list(seq.index) == [runs.run_name(p) for p in params]
+    assert (table.status == "finished").all(), table[["status", "error"]]
+    a, b = _comparable(table), _comparable(seq)
+    assert list(a.columns) == list(b.columns)
+    for col in a.columns:
+        for x, y in zip(a[col], b[col]):
+            if isinstance(x, float) and isinstance(y, float):
+                assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6) or (math.isnan(x) and math.isnan(y)), col
+            else:
+                assert x == y, (col, x, y)
+    man = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert man["engine"] == "ray" and man["counts"] == {"finished": 3}
+    assert sum("running" in ln for ln in lines) == 3 and sum(ln.endswith(" s") for ln in lines) == 3, lines
+    for name in table.index:
+        assert (tmp_path / "ray" / name / "training.gif").exists() and (tmp_path / "ray" / name / "log.txt").exists()
+    # the same command again: nothing to train
+    lines.clear()
+    again = runs.Sweep(tmp_path / "ray", dataset, runs=params, base=TINY, engine="ray")
+    again.run(progress=False, ray={"echo": lines.append})
+    assert lines == [f"trial {n}: skipped (finished)" for n in table.index]
+
+
+def test_asha_stops_a_bad_trial(local_ray, dataset, tmp_path, one_thread):
+    base = {**TINY, "pass1.iterations": 24, "pass2.iterations": 4, "snapshot_every": 0}
+    # two sound runs first (both CPUs), then one whose coverage weight makes its loss 1000 x larger
+    params = [{"seed": 0}, {"seed": 1}, {"loss.coverage": 1000.0}]
+    lines: list[str] = []
+    sweep = runs.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray")
+    table = sweep.run(progress=False, ray=RayOptions(scheduler="asha", grace_period=2, reduction_factor=2,
+                                                     echo=lines.append))
+    assert table.loc["seed=0", "status"] == "finished" and table.loc["seed=1", "status"] == "finished"
+    bad = table.loc["loss.coverage=1000.0"]
+    assert bad["status"] == "stopped", (bad["status"], lines)
+    marker = json.loads((tmp_path / "asha" / "loss.coverage=1000.0" / runs.STOPPED_FILE).read_text())
+    assert marker["metric"] == "total" and marker["log_steps"] < 28
+    assert any("loss.coverage=1000.0: stopped early by ASHA" in ln for ln in lines), lines
+    man = json.loads((tmp_path / "asha" / "sweep.json").read_text())
+    assert man["counts"] == {"finished": 2, "stopped": 1}
+    assert runs.filter_runs(table, status="failed").empty
+    lines.clear()  # a stopped run is a decision, not an interruption: the same command does not train it again
+    runs.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray").run(
+        progress=False, ray=RayOptions(scheduler="asha", echo=lines.append))
+    assert "trial loss.coverage=1000.0: skipped (stopped)" in lines
+
+
+def test_crashing_trial_retried_then_recorded(local_ray, dataset, tmp_path, one_thread):
+    flaky_marker = tmp_path / "crashed-once"
+
+    def flaky(preset, dataset_dir, run_dir, overrides, resume, overwrite):
+        """Crashes on its first attempt only (a lost node, an out-of-memory kill), then trains."""
+        from recon_kit.train import train_from_config
+
+        if overrides.get("seed") == 1 and not flaky_marker.exists():
+            flaky_marker.write_text("crashed")
+            raise RuntimeError("worker lost")
+        if overrides.get("seed") == 2:
+            raise RuntimeError("always crashes")
+        train_from_config(preset, dataset_dir, run_dir, overrides, resume=resume, overwrite=overwrite, progress=False)
+
+    lines: list[str] = []
+    sweep = runs.Sweep(tmp_path / "crash", dataset, grid={"seed": [1, 2, 3]}, base=TINY, engine=flaky)
+    from recon_kit.ray_engine import run_sweep
+
+    table = run_sweep(sweep, RayOptions(echo=lines.append), progress=False)
+    assert table.status.tolist() == ["finished", "failed", "finished"], lines
+    assert "RuntimeError: always crashes" in table.loc["seed=2", "error"]
+    assert "Traceback" in (tmp_path / "crash" / "seed=2" / "error.txt").read_text()
+    assert any(ln.startswith("trial seed=1: crashed (attempt 1): RuntimeError: worker lost; retrying") for ln in lines)
+    assert any(ln.startswith("trial seed=2: failed after 2 attempt(s): RuntimeError: always crashes") for ln in lines)
+    man = {e["name"]: e for e in json.loads((tmp_path / "crash" / "sweep.json").read_text())["runs"]}
+    assert man["seed=1"]["attempts"] == 2 and man["seed=2"]["status"] == "failed" and man["seed=3"]["attempts"] == 1
+
+
+def test_ray_missing_is_one_line(monkeypatch):
+    import builtins
+
+    from recon_kit import ray_engine
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ray_engine.RayMissing, match=r"pip install recon-kit\[cluster\]"):
+        ray_engine.require_ray()
+
+
+# ---- batch reconstruction -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captures")
+    synth.write_demo_capture(root / "shoe_a", resolution=64, n_test=1)
+    synth.write_demo_capture(root / "catalogue" / "shoe_b", resolution=64, n_test=1)
+    (root / "broken" / "multi_views").mkdir(parents=True)  # a capture folder without any image
+    (root / "notes").mkdir()  # not a capture
+    return root
+
+
+def test_find_captures(captures):
+    assert [p.relative_to(captures).as_posix() for p in batch.find_captures(captures)] == [
+        "broken", "catalogue/shoe_b", "shoe_a"]
+    assert batch.capture_name(captures / "catalogue" / "shoe_b", captures) == "catalogue-shoe_b"
+    with pytest.raises(FileNotFoundError, match="no capture folders"):
+        batch.find_captures(captures / "notes")
+
+
+def test_batch_on_ray_then_skip(local_ray, captures, tmp_path, one_thread, capsys):
+    from recon_kit.cli import main
+
+    out = tmp_path / "batch"
+    sets = [a for k, v in TINY.items() if k != "data.resolution" for a in ("--set", f"{k}={v}")]
+    rc = main(["batch", str(captures), "--out", str(out), "--resolution", "48", *sets, "--engine", "ray",
+               "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err  # the broken capture failed; the others finished
+    summary = batch.Batch(captures, out).summary()
+    assert list(summary.index) == ["broken", "catalogue-shoe_b", "shoe_a"]
+    assert summary.status.tolist() == ["failed", "finished", "finished"]
+    assert list(summary.columns) == ["status", "time_s", "faces", "train_psnr", "test_psnr", "train_iou", "error"]
+    done = summary.loc["shoe_a"]
+    assert done["faces"] > 0 and 10 < done["train_psnr"] < 60 and 0 < done["train_iou"] <= 1 and done["time_s"] > 0
+    assert "broken" in summary.loc["broken", "error"] and "\n" not in summary.loc["broken", "error"]
+    assert "capture shoe_a: finished" in captured.out and "shoe_a" in captured.out and "1 of 3 captures" in captured.err
+    assert (out / "shoe_a" / "metrics.json").exists() and (out / "shoe_a" / "mesh.zip").exists()
+    assert json.loads((out / batch.MANIFEST).read_text())["counts"] == {"failed": 1, "finished": 2}
+    # again, sequentially this time: finished captures are skipped, the broken one is tried again
+    stamp = (out / "shoe_a" / "metrics.json").stat().st_mtime_ns
+    lines: list[str] = []
+    table = batch.Batch(captures, out, base={k: v for k, v in TINY.items() if k != "data.resolution"},
+                        resolution=48).run(progress=False, echo=lines.append)
+    assert (out / "shoe_a" / "metrics.json").stat().st_mtime_ns == stamp
+    assert "capture shoe_a: skipped (finished)" in lines and table.loc["broken", "status"] == "failed"
