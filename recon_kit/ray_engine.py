@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .runs import ERROR_FILE, STOPPED_FILE, Sweep, SweepError, _Planned, _read_json, _utc_now, _write_json, read_run, run_name
+from .runs import (ERROR_FILE, STOPPED_FILE, Sweep, SweepError, _Planned, _read_error, _read_json, _utc_now, _write_json,
+                   read_run, run_name)
 
 __all__ = ["RayOptions", "RayMissing", "require_ray", "run_sweep", "run_trials", "random_params", "train_reporting",
            "TRIAL_FOLDER"]
@@ -367,6 +368,8 @@ class TrialBook:
             self.entries[name] = self.make_entry(name, info)
         entry = self.entries[name]
         d = self.run_dir(name)
+        if status in ("retrying", "failed"):  # the run's own one-line reason (error.txt), else Ray's
+            info = {**info, "error": _read_error(d) or info.get("error")}
         wall = None
         if status == "running":
             self.t0.setdefault(name, time.perf_counter())

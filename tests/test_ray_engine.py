@@ -108,13 +108,14 @@ def test_ray_sweep_equals_sequential(local_ray, dataset, tmp_path, one_thread):
 
 def test_asha_stops_a_bad_trial(local_ray, dataset, tmp_path, one_thread):
     base = {**TINY, "pass1.iterations": 24, "pass2.iterations": 4, "snapshot_every": 0}
-    # two sound runs first (both CPUs), then one whose coverage weight makes its loss 1000 x larger
-    params = [{"seed": 0}, {"seed": 1}, {"loss.coverage": 1000.0}]
+    # two sound runs first (both CPUs; the same configuration under two names, so neither can lose to the other),
+    # then one whose coverage weight makes its loss 1000 x larger: it meets ASHA's rungs after the sound ones
+    params = [{"log_every": 1}, {"checkpoint_every": 0}, {"loss.coverage": 1000.0}]
     lines: list[str] = []
     sweep = runs.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray")
     table = sweep.run(progress=False, ray=RayOptions(scheduler="asha", grace_period=2, reduction_factor=2,
                                                      echo=lines.append))
-    assert table.loc["seed=0", "status"] == "finished" and table.loc["seed=1", "status"] == "finished"
+    assert table.loc["log_every=1", "status"] == "finished" and table.loc["checkpoint_every=0", "status"] == "finished"
     bad = table.loc["loss.coverage=1000.0"]
     assert bad["status"] == "stopped", (bad["status"], lines)
     marker = json.loads((tmp_path / "asha" / "loss.coverage=1000.0" / runs.STOPPED_FILE).read_text())
@@ -151,7 +152,7 @@ def test_crashing_trial_retried_then_recorded(local_ray, dataset, tmp_path, one_
     assert table.status.tolist() == ["finished", "failed", "finished"], lines
     assert "RuntimeError: always crashes" in table.loc["seed=2", "error"]
     assert "Traceback" in (tmp_path / "crash" / "seed=2" / "error.txt").read_text()
-    assert any(ln.startswith("trial seed=1: crashed (attempt 1): RuntimeError: worker lost; retrying") for ln in lines)
+    assert any(ln.startswith("trial seed=1: crashed (attempt 1): RuntimeError: worker lost; retrying") for ln in lines), lines
     assert any(ln.startswith("trial seed=2: failed after 2 attempt(s): RuntimeError: always crashes") for ln in lines)
     man = {e["name"]: e for e in json.loads((tmp_path / "crash" / "sweep.json").read_text())["runs"]}
     assert man["seed=1"]["attempts"] == 2 and man["seed=2"]["status"] == "failed" and man["seed=3"]["attempts"] == 1
