@@ -205,6 +205,14 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         raise CommandError("nothing to sweep: give --grid KEY=V1,V2 (repeatable) and/or --runs FILE.json")
     from recon_kit import runs
 
+    if a.search == "random":  # a seeded draw from the grid's values: the same command names the same runs
+        from recon_kit.ray_engine import random_params
+
+        if not grid:
+            raise CommandError("--search random draws from --grid values: give --grid KEY=V1,V2,...")
+        explicit = random_params(grid, a.num_samples, a.seed) + (explicit or [])
+        grid = {}
+
     base = _overrides(a.set)
     out = Path(a.out)
     if a.dataset == "demo":
@@ -218,7 +226,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(sweep.plan().to_string())
         return 0
-    table = sweep.run(progress=not a.no_progress, retry_failed=a.retry_failed, rerun=a.rerun)
+    ray = _ray_options(a, sweep=True)
+    table = sweep.run(progress=not a.no_progress, retry_failed=a.retry_failed, rerun=a.rerun, ray=ray)
     table = table.loc[[n for n in sweep.names if n in table.index]]
     print(runs.summary(table).to_string())
     print(f"sweep folder: {out} (manifest: {sweep.manifest_path})")
@@ -228,6 +237,60 @@ def cmd_sweep(a: argparse.Namespace) -> int:
               f"(see error.txt in their folders)", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _ray_options(a: argparse.Namespace, sweep: bool = False) -> dict[str, Any] | None:
+    """The ray engine's options the user set (``--engine ray``), or None for the sequential engine."""
+    if a.engine != "ray":
+        ray_flags = [f for f in ("address", "gpus_per_trial", "scheduler") if getattr(a, f, None) is not None]
+        if ray_flags or (sweep and a.search == "optuna"):
+            raise CommandError("--address, --gpus-per-trial, --scheduler and --search optuna need --engine ray")
+        return None
+    opts = {"address": a.address, "num_cpus": a.num_cpus, "gpus_per_trial": a.gpus_per_trial,
+            "cpus_per_trial": a.cpus_per_trial, "scheduler": a.scheduler, "metric": a.metric,
+            "grace_period": a.grace_period, "max_retries": a.max_retries, "max_concurrent": a.max_concurrent}
+    if sweep and a.search == "optuna":
+        opts.update(search="optuna", num_samples=a.num_samples, seed=a.seed)
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def cmd_batch(a: argparse.Namespace) -> int:
+    _existing_dir(a.captures_dir, "captures folder")
+    from recon_kit.batch import Batch
+
+    prepare = {k: v for k, v in {"mask_source": a.mask_source, "align": a.align}.items() if v is not None}
+    b = Batch(a.captures_dir, a.out, preset=a.preset, base=_overrides(a.set), resolution=a.resolution,
+              prepare=prepare)
+    if a.dry_run:
+        print(b.plan().to_string())
+        return 0
+    summary = b.run(progress=not a.no_progress, rerun=a.rerun, retry_failed=a.retry_failed, ray=_ray_options(a))
+    print(summary.to_string())
+    print(f"batch folder: {a.out} (manifest: {b.manifest_path})")
+    failed = summary.index[summary["status"] != "finished"].tolist()
+    if failed:
+        print(f"recon-kit batch: {len(failed)} of {len(summary)} captures did not finish: {', '.join(failed)} "
+              f"(see error.txt in their folders)", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine ray`` options (docs/ray.md), shared by sweep and batch."""
+    g = parser.add_argument_group("ray engine (--engine ray; needs pip install recon-kit[cluster])")
+    g.add_argument("--address", default=None,
+                   help="join a running Ray cluster ('auto', or ray://HEAD:10001); default: start a local one")
+    g.add_argument("--num-cpus", type=int, default=None, help="local Ray only: CPUs it may use (default: all)")
+    g.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs each run gets, fractions share a GPU (default: 1 when Ray sees GPUs, else CPU-only)")
+    g.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs each run gets (default: 1)")
+    g.add_argument("--scheduler", choices=["asha"], default=None,
+                   help="ASHA early stopping on --metric at the trainer's log steps (stopped runs: status stopped)")
+    g.add_argument("--metric", default=None,
+                   help="metric reported at each log step: total (loss, default) or test_psnr (held-out views)")
+    g.add_argument("--grace-period", type=int, default=None, help="ASHA: log steps before a run can be stopped (2)")
+    g.add_argument("--max-retries", type=int, default=None, help="retries of a crashing run before it is failed (1)")
+    g.add_argument("--max-concurrent", type=int, default=None, help="at most this many runs at once")
 
 
 # parser ---------------------------------------------------------------------------------------------------------
@@ -313,14 +376,47 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a swept config key and its values (repeatable: every combination runs)")
     sw.add_argument("--runs", metavar="FILE.json", help="explicit parameter sets: a JSON list of {key: value} objects")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
-    sw.add_argument("--engine", default="trainer", choices=["trainer", "papermill"],
-                    help="train in this process, or execute notebooks/03_train.ipynb per run (default: %(default)s)")
+    sw.add_argument("--engine", default="trainer", choices=["trainer", "papermill", "ray"],
+                    help="train in this process, execute notebooks/03_train.ipynb per run, or schedule the runs on "
+                    "Ray Tune (docs/ray.md) (default: %(default)s)")
+    sw.add_argument("--search", default="grid", choices=["grid", "random", "optuna"],
+                    help="every --grid combination; --num-samples random draws from the --grid values (seeded); "
+                    "or Optuna's sampler over them (--engine ray) (default: %(default)s)")
+    sw.add_argument("--num-samples", type=int, default=8, help="random/optuna search: runs to draw (default: 8)")
+    sw.add_argument("--seed", type=int, default=0, help="random/optuna search: sampler seed (default: 0)")
     sw.add_argument("--rerun", action="store_true", help="train finished runs again")
     sw.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", help="leave failed runs as they are")
     sw.add_argument("--timeout", type=float, default=None, help="papermill engine: per-cell time limit in seconds")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
+    _add_ray_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    ba = sub.add_parser(
+        "batch", parents=[common], help="prepare and reconstruct every capture folder under a directory "
+        "(recon_kit.batch)",
+        description="Every folder under CAPTURES_DIR that holds multi_views/ is prepared (OUT/_datasets/NAME) and "
+        "trained into OUT/NAME (capture A/B -> OUT/A-B), then a summary table (time, faces, PSNR, IoU, the reason "
+        "of each failure) is printed. Re-running skips finished captures (exit status 1 when any failed).",
+    )
+    ba.add_argument("captures_dir", help="folder of capture folders (each with multi_views/, depth_renders/?)")
+    ba.add_argument("--out", required=True, help="batch folder, e.g. outputs/catalogue")
+    ba.add_argument("--preset", default="cpu-small", help="preset or config file of every run (default: %(default)s)")
+    ba.add_argument("--resolution", type=int, default=None, help="image size to prepare and train at "
+                    "(default: the preset's data.resolution)")
+    ba.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run (repeatable)")
+    ba.add_argument("--mask-source", default=None, help="prepare: where masks come from (depth, alpha, background)")
+    ba.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                    help="prepare: move each depth mask onto its photo")
+    ba.add_argument("--engine", default="trainer", choices=["trainer", "ray"],
+                    help="one capture after another in this process, or on Ray Tune (default: %(default)s)")
+    ba.add_argument("--rerun", action="store_true", help="reconstruct finished captures again")
+    ba.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
+                    help="leave failed captures as they are")
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ba.add_argument("--dry-run", action="store_true", help="list the captures and their status; train nothing")
+    _add_ray_arguments(ba)
+    ba.set_defaults(func=cmd_batch)
     return p
 
 
