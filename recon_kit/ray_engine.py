@@ -229,6 +229,7 @@ def _trainable(config: dict, trials: dict[str, _Trial], metric: str, optuna_swee
     final = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if metric == "total" and "final_loss" in final:
         final["total"] = final["final_loss"]
+    final.setdefault(metric, last.get(metric, math.nan))  # Tune insists on the metric in every result
     tune.report({**last, **final, FINISHED_KEY: 1.0})  # the scheduler's metric stays in every result
 
 
@@ -319,7 +320,7 @@ def run_trials(trials: dict[str, _Trial], opts: RayOptions, storage: Path, on_ch
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search_alg,
                                     num_samples=num_samples, max_concurrent_trials=opts.max_concurrent,
-                                    reuse_actors=False),
+                                    reuse_actors=True),  # no fresh worker process (torch import) per run
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(storage.resolve()), verbose=0,
             callbacks=[Progress()], failure_config=tune.FailureConfig(max_failures=opts.max_retries),
@@ -426,6 +427,12 @@ def run_sweep(sweep: Sweep, options: RayOptions | Mapping[str, Any] | None = Non
     opts = RayOptions.coerce(options)
     require_ray()
     echo = echo or opts.echo
+    optuna = sweep if opts.search == "optuna" else None
+    if optuna is not None:  # the plan is what Optuna draws; until then, the runs earlier draws left
+        if not sweep.grid:
+            raise SweepError("search='optuna' draws from the sweep's grid: give grid={'key': [values]}")
+        kept = [(n, p) for n, p in zip(sweep.names, sweep.params) if sweep.run_dir(n).is_dir()]
+        sweep.names, sweep.params = [n for n, _ in kept], [p for _, p in kept]
     planned, man, entries = sweep._start(rerun)
     todo: dict[str, _Trial] = {}
     for p in planned:
@@ -437,9 +444,8 @@ def run_sweep(sweep: Sweep, options: RayOptions | Mapping[str, Any] | None = Non
             continue
         todo[p.name] = _Trial(sweep, p, fresh=rerun and p.status in ("finished", "stopped"))
     sweep._save_manifest(man, entries)
-    optuna = sweep if opts.search == "optuna" else None
-    if optuna is not None and not sweep.grid:
-        raise SweepError("search='optuna' draws from the sweep's grid: give grid={'key': [values]}")
+    if optuna is not None:
+        todo = {}  # Optuna decides what runs (a drawn finished run is reported, not trained again)
 
     def make_entry(name: str, info: dict) -> dict:  # optuna: a parameter set drawn now
         params = {k: v for k, v in info.get("params", {}).items()}
