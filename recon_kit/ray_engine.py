@@ -44,7 +44,7 @@ from .runs import (ERROR_FILE, STOPPED_FILE, Sweep, SweepError, _Planned, _read_
                    read_run, run_name)
 
 __all__ = ["RayOptions", "RayMissing", "require_ray", "run_sweep", "run_trials", "random_params", "train_reporting",
-           "TRIAL_FOLDER"]
+           "live_table", "TRIAL_FOLDER"]
 
 INSTALL_HINT = "pip install recon-kit[cluster]"
 TRIAL_FOLDER = ".ray"  # Ray Tune's own experiment files, inside the sweep folder (not a run folder)
@@ -468,6 +468,19 @@ def run_sweep(sweep: Sweep, options: RayOptions | Mapping[str, Any] | None = Non
                 e["status"] = "incomplete"
         sweep._save_manifest(man, entries)
     return sweep.table()
+
+
+def live_table(sweep_dir: str | Path):
+    """The sweep's state as its manifest has it now (name, status, attempts, wall_s, error): what notebook 05
+    redraws at each trial state change while a sweep runs (either engine)."""
+    import pandas as pd
+
+    from .runs import MANIFEST
+
+    man = _read_json(Path(sweep_dir) / MANIFEST) or {}
+    cols = ["name", "status", "attempts", "wall_s", "error"]
+    rows = [{c: e.get(c) for c in cols} for e in man.get("runs", []) if isinstance(e, dict)]
+    return pd.DataFrame(rows, columns=cols).set_index("name")
 
 
 def options_dict(opts: RayOptions) -> dict[str, Any]:
