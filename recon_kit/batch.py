@@ -11,8 +11,8 @@ A capture folder is any folder holding ``multi_views/`` (and optionally ``depth_
 ``transforms.json``, see :mod:`recon_kit.data`). Capture ``A/B`` trains into ``OUT/A-B`` (a run folder like any
 other: :func:`recon_kit.runs.load_runs` reads ``OUT``), its prepared dataset goes to ``OUT/_datasets/A-B``, and
 ``OUT/batch.json`` is the manifest. Each capture runs through a one-run :class:`recon_kit.runs.Sweep` (resume,
-``error.txt``, ``log.txt`` as a sweep's runs); re-running skips finished captures, resumes interrupted ones and
-retries failed ones. The command line: ``recon-kit batch CAPTURES_DIR --out OUT [--preset ...] [--engine ray]``.
+``error.txt``, ``log.txt`` as a sweep's runs); re-running skips finished captures (refusing, as a sweep does, when
+they were trained with another configuration: ``rerun=True``), resumes interrupted ones and retries failed ones. The command line: ``recon-kit batch CAPTURES_DIR --out OUT [--preset ...] [--engine ray]``.
 """
 
 from __future__ import annotations
@@ -145,6 +145,8 @@ class Batch:
             prev = old.get(name, {})
             entries[name] = {"name": name, "capture": str(cap), "status": status,
                              **{k: prev[k] for k in ("error", "wall_s") if k in prev and status != "pending"}}
+            if status == "finished" and not rerun:  # a finished capture counts only under the same config
+                self.executor(i)._check_finished([_Planned(name, {}, status)])
             if (status == "finished" and not rerun) or (status == "failed" and not retry_failed):
                 if echo:
                     echo(f"capture {name}: skipped ({status})")

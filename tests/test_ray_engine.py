@@ -260,3 +260,5 @@ def test_batch_on_ray_then_skip(local_ray, captures, tmp_path, one_thread, capsy
                         resolution=48).run(progress=False, echo=lines.append)
     assert (out / "shoe_a" / "metrics.json").stat().st_mtime_ns == stamp
     assert "capture shoe_a: skipped (finished)" in lines and table.loc["broken", "status"] == "failed"
+    with pytest.raises(runs.SweepError, match="pass1.iterations"):  # finished under another configuration
+        batch.Batch(captures, out, base={**TINY, "pass1.iterations": 9}).run(progress=False, echo=None)
