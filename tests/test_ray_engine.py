@@ -204,9 +204,9 @@ def test_cli_sweep_ray_random_then_optuna(local_ray, dataset, tmp_path, one_thre
     captured = capsys.readouterr()
     names = [p.name for p in out.iterdir() if (p / "metrics.json").exists()]
     assert len(names) == 2 and all(f"trial {n}: finished" in captured.out for n in names), captured.out
-    assert main([*common, "--search", "optuna", "--num-samples", "2"]) == 0
+    assert main([*common, "--search", "optuna", "--num-samples", "1"]) == 0
     table = runs.load_runs(out)
-    assert 2 <= len(table) <= 4 and (table.status == "finished").all()
+    assert 2 <= len(table) <= 3 and (table.status == "finished").all()
     man = json.loads((out / "sweep.json").read_text())
     assert {e["name"] for e in man["runs"]} == set(table.index)
     assert main(["sweep", "--dataset", str(dataset), "--out", str(out), "--grid", "seed=0",
