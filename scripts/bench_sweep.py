@@ -18,8 +18,8 @@ import platform
 import time
 from pathlib import Path
 
-from recon_kit import config, runs
-from recon_kit.cli import _parse_value
+from recon_kit import config
+from recon_kit.runs import sweep as rk_sweep
 
 
 def main() -> None:
@@ -33,10 +33,10 @@ def main() -> None:
     ap.add_argument("--cpus-per-trial", type=float, default=1.0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     a = ap.parse_args()
-    base = {k: _parse_value(v) for k, v in (s.split("=", 1) for s in a.set)}
+    base = config.parse_overrides(a.set)
     out = Path(a.out)
     if a.dataset == "demo":
-        dataset = runs.demo_dataset(out / "data", config.resolve(a.preset, base).data.resolution)
+        dataset = rk_sweep.demo_dataset(out / "data", config.resolve(a.preset, base).data.resolution)
     else:
         dataset = Path(a.dataset)
     params = [{"seed": s} for s in range(a.trials)]
@@ -44,7 +44,7 @@ def main() -> None:
     for g in a.gpus:
         folder = out / f"gpus={g}"
         engine = "trainer" if g == 0 else "ray"
-        sweep = runs.Sweep(folder, dataset, runs=params, preset=a.preset, base=base, engine=engine)
+        sweep = rk_sweep.Sweep(folder, dataset, runs=params, preset=a.preset, base=base, engine=engine)
         opts = None
         if g:
             import ray

@@ -1,4 +1,4 @@
-"""The ray engine (recon_kit.ray_engine) and batch reconstruction (recon_kit.batch) on a local 2-CPU Ray.
+"""The ray engine (recon_kit.runs.ray_engine) and batch reconstruction (recon_kit.runs.batch) on a local 2-CPU Ray.
 
 One Ray per test session (starting one takes ~10 s); tiny demo-object runs as in tests/test_runs.py. Skipped when
 Ray Tune is not installed (the ``cluster`` extra, part of ``dev``).
@@ -18,8 +18,13 @@ import pytest
 
 pytest.importorskip("ray.tune", reason="the ray engine needs the cluster extra: pip install recon-kit[cluster]")
 
-from recon_kit import batch, data, runs, synth  # noqa: E402
-from recon_kit.ray_engine import RayOptions, random_params  # noqa: E402
+from recon_kit import synth  # noqa: E402
+from recon_kit.data import dataset as rk_dataset  # noqa: E402
+from recon_kit.runs import batch, ray_engine  # noqa: E402
+from recon_kit.runs import sweep as rk_sweep  # noqa: E402
+from recon_kit.runs import table as rk_table  # noqa: E402
+from recon_kit.runs.folder import STOPPED_FILE  # noqa: E402
+from recon_kit.runs.ray_engine import RayOptions, random_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"pass1.iterations": 8, "pass2.iterations": 4, "data.resolution": 48, "geometry.hull_res": 32,
@@ -58,7 +63,7 @@ def one_thread():
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=1)
-    data.prepare_dataset(cap, root / "data", [48], progress=False)
+    rk_dataset.prepare_dataset(cap, root / "data", [48], progress=False)
     return root / "data" / "48"
 
 
@@ -69,25 +74,25 @@ def _comparable(table):
 
 def test_options_and_random_params():
     assert RayOptions(metric="train_psnr").metric_mode == "max" and RayOptions().metric_mode == "min"
-    with pytest.raises(runs.SweepError, match="scheduler"):
+    with pytest.raises(rk_sweep.SweepError, match="scheduler"):
         RayOptions(scheduler="hyperband")
-    with pytest.raises(runs.SweepError, match="unknown ray option"):
+    with pytest.raises(rk_sweep.SweepError, match="unknown ray option"):
         RayOptions.coerce({"gpus": 1})
     grid = {"pass1.lr_mat": [0.01, 0.02, 0.03], "seed": [0, 1]}
     drawn = random_params(grid, 4, seed=3)
-    assert len(drawn) == 4 and len({runs.run_name(p) for p in drawn}) == 4
+    assert len(drawn) == 4 and len({rk_sweep.run_name(p) for p in drawn}) == 4
     assert drawn == random_params(grid, 4, seed=3) and len(random_params(grid, 50)) == 6
-    with pytest.raises(runs.SweepError, match="ray options need engine='ray'"):
-        runs.Sweep("x", ".", grid={"seed": [0]}).run(ray=RayOptions())
+    with pytest.raises(rk_sweep.SweepError, match="ray options need engine='ray'"):
+        rk_sweep.Sweep("x", ".", grid={"seed": [0]}).run(ray=RayOptions())
 
 
 def test_ray_sweep_equals_sequential(local_ray, dataset, tmp_path, one_thread):
     params = [{"seed": s, "pass1.lr_mat": lr} for s, lr in ((0, 0.01), (1, 0.03), (2, 0.02))]
-    seq = runs.Sweep(tmp_path / "seq", dataset, runs=params, base=TINY).run(progress=False)
+    seq = rk_sweep.Sweep(tmp_path / "seq", dataset, runs=params, base=TINY).run(progress=False)
     lines: list[str] = []
-    sweep = runs.Sweep(tmp_path / "ray", dataset, runs=params, base=TINY, engine="ray")
+    sweep = rk_sweep.Sweep(tmp_path / "ray", dataset, runs=params, base=TINY, engine="ray")
     table = sweep.run(progress=False, ray=RayOptions(echo=lines.append))
-    assert list(table.index) == list(seq.index) == [runs.run_name(p) for p in params]
+    assert list(table.index) == list(seq.index) == [rk_sweep.run_name(p) for p in params]
     assert (table.status == "finished").all(), table[["status", "error"]]
     a, b = _comparable(table), _comparable(seq)
     assert list(a.columns) == list(b.columns)
@@ -104,7 +109,7 @@ def test_ray_sweep_equals_sequential(local_ray, dataset, tmp_path, one_thread):
         assert (tmp_path / "ray" / name / "training.gif").exists() and (tmp_path / "ray" / name / "log.txt").exists()
     # the same command again: nothing to train
     lines.clear()
-    again = runs.Sweep(tmp_path / "ray", dataset, runs=params, base=TINY, engine="ray")
+    again = rk_sweep.Sweep(tmp_path / "ray", dataset, runs=params, base=TINY, engine="ray")
     again.run(progress=False, ray={"echo": lines.append})
     assert lines == [f"trial {n}: skipped (finished)" for n in table.index]
 
@@ -116,20 +121,20 @@ def test_asha_stops_a_bad_trial(local_ray, dataset, tmp_path, one_thread):
     # then one whose coverage weight makes its loss 1000 x larger: it meets ASHA's rungs after the sound ones
     params = [{"log_every": 1}, {"checkpoint_every": 0}, {"loss.coverage": 1000.0}]
     lines: list[str] = []
-    sweep = runs.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray")
+    sweep = rk_sweep.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray")
     table = sweep.run(progress=False, ray=RayOptions(scheduler="asha", grace_period=2, reduction_factor=2,
                                                      echo=lines.append))
     assert table.loc["log_every=1", "status"] == "finished" and table.loc["checkpoint_every=0", "status"] == "finished"
     bad = table.loc["loss.coverage=1000.0"]
     assert bad["status"] == "stopped", (bad["status"], lines)
-    marker = json.loads((tmp_path / "asha" / "loss.coverage=1000.0" / runs.STOPPED_FILE).read_text())
+    marker = json.loads((tmp_path / "asha" / "loss.coverage=1000.0" / STOPPED_FILE).read_text())
     assert marker["metric"] == "total" and marker["log_steps"] < 28
     assert any("loss.coverage=1000.0: stopped early by ASHA" in ln for ln in lines), lines
     man = json.loads((tmp_path / "asha" / "sweep.json").read_text())
     assert man["counts"] == {"finished": 2, "stopped": 1}
-    assert runs.filter_runs(table, status="failed").empty
+    assert rk_table.filter_runs(table, status="failed").empty
     lines.clear()  # a stopped run is a decision, not an interruption: the same command does not train it again
-    runs.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray").run(
+    rk_sweep.Sweep(tmp_path / "asha", dataset, runs=params, base=base, engine="ray").run(
         progress=False, ray=RayOptions(scheduler="asha", echo=lines.append))
     assert "trial loss.coverage=1000.0: skipped (stopped)" in lines
 
@@ -149,10 +154,8 @@ def test_crashing_trial_retried_then_recorded(local_ray, dataset, tmp_path, one_
         (run_dir / "metrics.json").write_text(json.dumps({"train_psnr": 20.0 + overrides["seed"]}))
 
     lines: list[str] = []
-    sweep = runs.Sweep(tmp_path / "crash", dataset, grid={"seed": [1, 2, 3]}, base=TINY, engine=flaky)
-    from recon_kit.ray_engine import run_sweep
-
-    table = run_sweep(sweep, RayOptions(echo=lines.append), progress=False)
+    sweep = rk_sweep.Sweep(tmp_path / "crash", dataset, grid={"seed": [1, 2, 3]}, base=TINY, engine=flaky)
+    table = ray_engine.run_sweep(sweep, RayOptions(echo=lines.append), progress=False)
     assert table.status.tolist() == ["finished", "failed", "finished"], lines
     assert table["train_psnr"].tolist()[::2] == [21.0, 23.0]
     assert "RuntimeError: always crashes" in table.loc["seed=2", "error"]
@@ -164,7 +167,7 @@ def test_crashing_trial_retried_then_recorded(local_ray, dataset, tmp_path, one_
 
 
 def test_sequential_engine_needs_no_ray():
-    code = ("import sys, recon_kit.runs, recon_kit.batch, recon_kit.ray_engine, recon_kit.cli; "
+    code = ("import sys, recon_kit.runs.sweep, recon_kit.runs.batch, recon_kit.runs.ray_engine, recon_kit.cli; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -177,8 +180,6 @@ def test_cluster_extra_is_in_dev():
 
 def test_ray_missing_is_one_line(monkeypatch):
     import builtins
-
-    from recon_kit import ray_engine
 
     real = builtins.__import__
 
@@ -205,7 +206,7 @@ def test_cli_sweep_ray_random_then_optuna(local_ray, dataset, tmp_path, one_thre
     names = [p.name for p in out.iterdir() if (p / "metrics.json").exists()]
     assert len(names) == 2 and all(f"trial {n}: finished" in captured.out for n in names), captured.out
     assert main([*common, "--search", "optuna", "--num-samples", "1"]) == 0
-    table = runs.load_runs(out)
+    table = rk_table.load_runs(out)
     assert 2 <= len(table) <= 3 and (table.status == "finished").all()
     man = json.loads((out / "sweep.json").read_text())
     assert {e["name"] for e in man["runs"]} == set(table.index)
@@ -260,5 +261,5 @@ def test_batch_on_ray_then_skip(local_ray, captures, tmp_path, one_thread, capsy
                         resolution=48).run(progress=False, echo=lines.append)
     assert (out / "shoe_a" / "metrics.json").stat().st_mtime_ns == stamp
     assert "capture shoe_a: skipped (finished)" in lines and table.loc["broken", "status"] == "failed"
-    with pytest.raises(runs.SweepError, match="pass1.iterations"):  # finished under another configuration
+    with pytest.raises(rk_sweep.SweepError, match="pass1.iterations"):  # finished under another configuration
         batch.Batch(captures, out, base={**TINY, "pass1.iterations": 9}).run(progress=False, echo=None)

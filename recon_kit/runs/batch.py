@@ -2,15 +2,15 @@
 
 ::
 
-    from recon_kit.batch import Batch
+    from recon_kit.runs.batch import Batch
     b = Batch("captures/", "outputs/catalogue", preset="cpu-small", resolution=128)
     b.run()                                   # sequential; b.run(ray=RayOptions(...)) schedules on Ray Tune
     b.summary()                               # time, faces, PSNR, IoU and the one-line reason of each failure
 
 A capture folder is any folder holding ``multi_views/`` (and optionally ``depth_renders/`` and
 ``transforms.json``, see :mod:`recon_kit.data`). Capture ``A/B`` trains into ``OUT/A-B`` (a run folder like any
-other: :func:`recon_kit.runs.load_runs` reads ``OUT``), its prepared dataset goes to ``OUT/_datasets/A-B``, and
-``OUT/batch.json`` is the manifest. Each capture runs through a one-run :class:`recon_kit.runs.Sweep` (resume,
+other: :func:`recon_kit.runs.table.load_runs` reads ``OUT``), its prepared dataset goes to ``OUT/_datasets/A-B``, and
+``OUT/batch.json`` is the manifest. Each capture runs through a one-run :class:`recon_kit.runs.sweep.Sweep` (resume,
 ``error.txt``, ``log.txt`` as a sweep's runs); re-running skips finished captures (refusing, as a sweep does, when
 they were trained with another configuration: ``rerun=True``), resumes interrupted ones and retries failed ones. The command line: ``recon-kit batch CAPTURES_DIR --out OUT [--preset ...] [--engine ray]``.
 """
@@ -22,7 +22,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .runs import Sweep, _Planned, _read_json, _sanitise, _utc_now, _write_json, read_run
+from recon_kit.runs.folder import _read_json, _utc_now, _write_json
+from recon_kit.runs.params import _Planned, _sanitise
+from recon_kit.runs.sweep import Sweep
+from recon_kit.runs.table import read_run
 
 __all__ = ["Batch", "find_captures", "capture_name", "PrepareAndTrain", "MANIFEST", "DATA_FOLDER", "SUMMARY_COLUMNS"]
 
@@ -59,18 +62,18 @@ class PrepareAndTrain:
         self.prepare = dict(prepare or {})
 
     def __call__(self, preset, dataset_dir, run_dir, overrides, resume, overwrite, report=None) -> dict:
-        from .config import resolve
-        from .data import prepare_dataset
+        from recon_kit.config import resolve
+        from recon_kit.data.dataset import prepare_dataset
 
         res = resolve(preset, overrides).data.resolution
         if not (Path(dataset_dir) / str(res) / "transforms.json").exists():
             prepare_dataset(self.capture, dataset_dir, [res], progress=False, overwrite=True, **self.prepare)
         if report is None:
-            from .train import train_from_config
+            from recon_kit.runs.run import train_from_config
 
             return train_from_config(preset, dataset_dir, run_dir, overrides, resume=resume, overwrite=overwrite,
                                      progress=False)
-        from .ray_engine import train_reporting
+        from recon_kit.runs.ray_engine import train_reporting
 
         return train_reporting(preset, dataset_dir, run_dir, overrides, resume, overwrite, report=report)
 
@@ -79,7 +82,7 @@ class Batch:
     """Every capture under ``captures_dir`` reconstructed into ``out_dir/<capture name>``.
 
     ``preset``/``base``: the training config of every capture (``base``: overrides; ``resolution`` sets
-    ``data.resolution``); ``prepare``: keyword arguments of :func:`recon_kit.data.prepare_dataset`
+    ``data.resolution``); ``prepare``: keyword arguments of :func:`recon_kit.data.dataset.prepare_dataset`
     (``mask_source``, ``align``, ...).
     """
 
@@ -130,11 +133,11 @@ class Batch:
 
     def run(self, progress: bool = True, rerun: bool = False, retry_failed: bool = True,
             echo: Callable[[str], Any] | None = print, ray: Any = None):
-        """Reconstruct every capture not finished yet (``ray``: a :class:`recon_kit.ray_engine.RayOptions` or
+        """Reconstruct every capture not finished yet (``ray``: a :class:`recon_kit.runs.ray_engine.RayOptions` or
         dict: on Ray Tune); returns :meth:`summary`."""
         from tqdm.auto import tqdm
 
-        from .ray_engine import RayOptions, TrialBook, _Trial, run_trials
+        from recon_kit.runs.ray_engine import RayOptions, TrialBook, _Trial, run_trials
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         old = {e.get("name"): e for e in (_read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
@@ -178,7 +181,7 @@ class Batch:
         faces, train_psnr, test_psnr (when the capture has held-out views), train_iou, error (one line)."""
         import pandas as pd
 
-        from .runs import load_runs
+        from recon_kit.runs.table import load_runs
 
         man = {e.get("name"): e for e in (_read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
         present = [self.out_dir / n for n in self.names if (self.out_dir / n).is_dir()]

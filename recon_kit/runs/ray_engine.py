@@ -1,12 +1,12 @@
 """Sweeps and batches on Ray Tune: the same run folders, scheduled over the GPUs and machines Ray sees.
 
-Every trial is one run of a :class:`recon_kit.runs.Sweep` (or one capture of a :class:`recon_kit.batch.Batch`):
+Every trial is one run of a :class:`recon_kit.runs.sweep.Sweep` (or one capture of a :class:`recon_kit.runs.batch.Batch`):
 it trains on a Ray worker through the sweep's own single-run code (``Sweep._run_one``: resume from the run
 folder's checkpoint, ``error.txt`` on failure, ``log.txt``), so the folder names, ``sweep.json`` and the run
 table are exactly the sequential engine's. Ray Tune adds what one process cannot do::
 
-    from recon_kit import runs
-    from recon_kit.ray_engine import RayOptions
+    from recon_kit.runs import sweep as runs
+    from recon_kit.runs.ray_engine import RayOptions
     sweep = runs.Sweep("outputs/sweeps/lr", "outputs/demo/data", grid={"pass1.lr_mat": [0.01, 0.03]},
                        engine="ray")
     sweep.run(ray=RayOptions(gpus_per_trial=0.5, scheduler="asha"))
@@ -38,10 +38,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .runs import (ERROR_FILE, STOPPED_FILE, Sweep, SweepError, _Planned, _read_error, _read_json, _utc_now, _write_json,
-                   read_run, run_name)
+from recon_kit.runs.folder import ERROR_FILE, STOPPED_FILE, _read_json, _utc_now, _write_json
+from recon_kit.runs.params import SweepError, _Planned, grid_params, run_name
+from recon_kit.runs.table import _ascending, _read_error, read_run
+
+if TYPE_CHECKING:  # only for annotations: recon_kit.runs.sweep imports this module to hand a sweep over
+    from recon_kit.runs.sweep import Sweep
 
 __all__ = ["RayOptions", "RayMissing", "require_ray", "run_sweep", "run_trials", "random_params", "train_reporting",
            "live_table", "TRIAL_FOLDER"]
@@ -114,8 +118,6 @@ class RayOptions:
 
     @property
     def metric_mode(self) -> str:
-        from .runs import _ascending
-
         return self.mode or ("min" if _ascending(self.metric) else "max")
 
 
@@ -123,8 +125,6 @@ class RayOptions:
 def random_params(grid: Mapping[str, Sequence[Any]], num_samples: int, seed: int = 0) -> list[dict[str, Any]]:
     """``num_samples`` distinct parameter sets, each value drawn uniformly from its grid list (seeded: re-running
     the same command draws the same sets, so the sweep resumes). Fewer when the grid has fewer combinations."""
-    from .runs import grid_params
-
     total = len(grid_params(grid))
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
@@ -139,11 +139,12 @@ def random_params(grid: Mapping[str, Sequence[Any]], num_samples: int, seed: int
 
 # ---- what a trial runs (on the worker) ------------------------------------------------------------------------
 def train_reporting(preset, dataset_dir, run_dir, overrides, resume, overwrite, report=None, metric="total") -> dict:
-    """:func:`recon_kit.train.train_from_config` that calls ``report({metric: value, "global_it": ...})`` at every
+    """:func:`recon_kit.runs.run.train_from_config` that calls ``report({metric: value, "global_it": ...})`` at every
     log step (``test_psnr``: evaluated on the held-out views there), for a scheduler to stop it early."""
-    from .config import resolve
-    from .data import DataError, load_viewset
-    from .train import finish, new_trainer
+    from recon_kit.config import resolve
+    from recon_kit.data.dataset import load_viewset
+    from recon_kit.io.images import DataError
+    from recon_kit.runs.run import finish, new_trainer
 
     cfg = resolve(preset, overrides)
     views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
@@ -406,7 +407,7 @@ class TrialBook:
 
 def _max_log_steps(sweep: Sweep, params: Sequence[Mapping[str, Any]]) -> int:
     """The most log steps any run reports (ASHA's max_t)."""
-    from .config import ConfigError, resolve
+    from recon_kit.config import ConfigError, resolve
 
     steps = 1
     for ps in params:
@@ -475,7 +476,7 @@ def live_table(sweep_dir: str | Path):
     redraws at each trial state change while a sweep runs (either engine)."""
     import pandas as pd
 
-    from .runs import MANIFEST
+    from recon_kit.runs.folder import MANIFEST
 
     man = _read_json(Path(sweep_dir) / MANIFEST) or {}
     cols = ["name", "status", "attempts", "wall_s", "error"]
