@@ -38,14 +38,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recon_kit.runs.folder import ERROR_FILE, STOPPED_FILE, _read_json, _utc_now, _write_json
 from recon_kit.runs.params import SweepError, _Planned, grid_params, run_name
 from recon_kit.runs.table import _ascending, _read_error, read_run
 
-if TYPE_CHECKING:  # only for annotations: recon_kit.runs.sweep imports this module to hand a sweep over
-    from recon_kit.runs.sweep import Sweep
+#: a :class:`recon_kit.runs.sweep.Sweep` (not imported: sweep.py imports this module to hand a sweep over)
+Sweep = Any
 
 __all__ = ["RayOptions", "RayMissing", "require_ray", "run_sweep", "run_trials", "random_params", "train_reporting",
            "live_table", "TRIAL_FOLDER"]
