@@ -30,6 +30,8 @@ _API = {
     "recon_kit.runs.table": ["metrics_table", "format_table", "load_runs", "filter_runs", "sort_runs", "best_run",
                              "param_columns", "summary"],
     "recon_kit.runs.sweep": ["Sweep"],
+    "recon_kit.runs.ray_engine": ["RayOptions", "live_table"],
+    "recon_kit.runs.batch": ["Batch"],
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)

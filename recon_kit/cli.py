@@ -80,6 +80,46 @@ def _typed_overrides(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@dataclass
+class RayFlags:
+    """``--engine ray`` options (docs/ray.md; needs ``pip install recon-kit[cluster]``), shared by sweep and batch;
+    unset ones keep :class:`recon_kit.runs.ray_engine.RayOptions`' defaults."""
+
+    address: Optional[str] = None
+    """Join a running Ray cluster ('auto', or ray://HEAD:10001); default: start a local one."""
+    num_cpus: Optional[int] = None
+    """Local Ray only: CPUs it may use (default: all)."""
+    gpus_per_trial: Optional[float] = None
+    """GPUs each run gets, fractions share a GPU (default: 1 when Ray sees GPUs, else CPU-only)."""
+    cpus_per_trial: Optional[float] = None
+    """CPUs each run gets (default: 1)."""
+    scheduler: Optional[Literal["asha"]] = None
+    """ASHA early stopping on --metric at the trainer's log steps (stopped runs: status stopped)."""
+    metric: Optional[str] = None
+    """Metric reported at each log step: total (loss, default) or test_psnr (held-out views)."""
+    grace_period: Optional[int] = None
+    """ASHA: log steps before a run can be stopped (2)."""
+    max_retries: Optional[int] = None
+    """Retries of a crashing run before it is failed (1)."""
+    max_concurrent: Optional[int] = None
+    """At most this many runs at once."""
+
+    def options(self, engine: str, search: str = "grid", num_samples: int = 8, seed: int = 0
+                ) -> dict[str, Any] | None:
+        """The RayOptions fields the user set, or None for the sequential engines (where ray flags are errors)."""
+        if engine != "ray":
+            if any(v is not None for v in (self.address, self.gpus_per_trial, self.scheduler)) or search == "optuna":
+                raise CommandError("--address, --gpus-per-trial, --scheduler and --search optuna need --engine ray")
+            return None
+        opts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if search == "optuna":
+            opts.update(search="optuna", num_samples=num_samples, seed=seed)
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+RayArgs = Annotated[RayFlags, tyro.conf.arg(name="")]
+
+
 # subcommands ----------------------------------------------------------------------------------------------------
 @dataclass
 class Demo:
@@ -275,8 +315,16 @@ class Sweep:
     """Explicit parameter sets: a JSON file holding a list of {key: value} objects."""
     set: Sets = ()
     """Config override KEY=VALUE for every run (repeatable)."""
-    engine: Literal["trainer", "papermill"] = "trainer"
-    """Train in this process, or execute notebooks/03_train.ipynb per run."""
+    engine: Literal["trainer", "papermill", "ray"] = "trainer"
+    """Train in this process, execute notebooks/03_train.ipynb per run, or schedule the runs on Ray Tune
+    (docs/ray.md)."""
+    search: Literal["grid", "random", "optuna"] = "grid"
+    """Every --grid combination; --num-samples random draws from the --grid values (seeded); or Optuna's sampler
+    over them (--engine ray)."""
+    num_samples: int = 8
+    """Random/optuna search: runs to draw."""
+    seed: int = 0
+    """Random/optuna search: sampler seed."""
     rerun: bool = False
     """Train finished runs again."""
     retry_failed: bool = True
@@ -287,6 +335,8 @@ class Sweep:
     """Show a progress bar."""
     dry_run: bool = False
     """List the runs and their status; train nothing."""
+    ray: RayArgs = dataclasses.field(default_factory=RayFlags)
+    """Ray engine options (--engine ray)."""
 
     def run(self) -> int:
         from recon_kit.runs.sweep import parse_grid_values
@@ -309,6 +359,14 @@ class Sweep:
         from recon_kit.runs import sweep as rk_sweep
         from recon_kit.runs import table as rk_table
 
+        if self.search == "random":  # a seeded draw from the grid's values: the same command names the same runs
+            from recon_kit.runs.ray_engine import random_params
+
+            if not grid:
+                raise CommandError("--search random draws from --grid values: give --grid KEY=V1,V2,...")
+            explicit = random_params(grid, self.num_samples, self.seed) + (explicit or [])
+            grid = {}
+
         base = parse_overrides(list(self.set))
         out = Path(self.out)
         if self.dataset == "demo":
@@ -322,7 +380,8 @@ class Sweep:
         if self.dry_run:
             print(sweep.plan().to_string())
             return 0
-        table = sweep.run(progress=self.progress, retry_failed=self.retry_failed, rerun=self.rerun)
+        ray = self.ray.options(self.engine, self.search, self.num_samples, self.seed)
+        table = sweep.run(progress=self.progress, retry_failed=self.retry_failed, rerun=self.rerun, ray=ray)
         table = table.loc[[n for n in sweep.names if n in table.index]]
         print(rk_table.summary(table).to_string())
         print(f"sweep folder: {out} (manifest: {sweep.manifest_path})")
@@ -334,7 +393,63 @@ class Sweep:
         return 0
 
 
-COMMANDS = {"demo": Demo, "prepare": Prepare, "check-poses": CheckPoses, "train": Train, "sweep": Sweep}
+@dataclass
+class Batch:
+    """Prepare and reconstruct every capture folder under CAPTURES_DIR (recon_kit.runs.batch.Batch): each folder
+    holding multi_views/ is prepared (OUT/_datasets/NAME) and trained into OUT/NAME (capture A/B -> OUT/A-B), then
+    a summary table (time, faces, PSNR, IoU, the reason of each failure) is printed. Re-running skips finished
+    captures (exit status 1 when any failed)."""
+
+    captures_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CAPTURES_DIR")]
+    """Folder of capture folders (each with multi_views/, depth_renders/?)."""
+    out: Path
+    """Batch folder, e.g. outputs/catalogue."""
+    preset: str = "cpu-small"
+    """Preset or config file of every run."""
+    resolution: Optional[int] = None
+    """Image size to prepare and train at (default: the preset's data.resolution)."""
+    set: Sets = ()
+    """Config override KEY=VALUE for every run (repeatable)."""
+    mask_source: Literal["depth", "alpha", "background"] = "depth"
+    """Prepare: where masks come from: depth > 0, the photos' alpha, or a near-white background."""
+    align: bool = False
+    """Prepare: move each depth mask onto its photo."""
+    engine: Literal["trainer", "ray"] = "trainer"
+    """One capture after another in this process, or on Ray Tune (docs/ray.md)."""
+    rerun: bool = False
+    """Reconstruct finished captures again."""
+    retry_failed: bool = True
+    """Reconstruct failed captures again."""
+    progress: bool = True
+    """Show a progress bar."""
+    dry_run: bool = False
+    """List the captures and their status; train nothing."""
+    ray: RayArgs = dataclasses.field(default_factory=RayFlags)
+    """Ray engine options (--engine ray)."""
+
+    def run(self) -> int:
+        captures = _existing_dir(self.captures_dir, "captures folder")
+        from recon_kit.runs.batch import Batch as RunBatch
+
+        b = RunBatch(captures, self.out, preset=self.preset, base=parse_overrides(list(self.set)),
+                     resolution=self.resolution, prepare={"mask_source": self.mask_source, "align": self.align})
+        if self.dry_run:
+            print(b.plan().to_string())
+            return 0
+        summary = b.run(progress=self.progress, rerun=self.rerun, retry_failed=self.retry_failed,
+                        ray=self.ray.options(self.engine))
+        print(summary.to_string())
+        print(f"batch folder: {self.out} (manifest: {b.manifest_path})")
+        failed = summary.index[summary["status"] != "finished"].tolist()
+        if failed:
+            print(f"recon-kit batch: {len(failed)} of {len(summary)} captures did not finish: {', '.join(failed)} "
+                  f"(see error.txt in their folders)", file=sys.stderr)
+            return EXIT_FAILED
+        return 0
+
+
+COMMANDS = {"demo": Demo, "prepare": Prepare, "check-poses": CheckPoses, "train": Train, "sweep": Sweep,
+            "batch": Batch}
 DESCRIPTION = ("Multi-view photos (+ depth) to a textured, relightable mesh: the same steps as notebooks/01..04, "
                "from a terminal. --debug (anywhere) shows full tracebacks instead of one-line errors.")
 

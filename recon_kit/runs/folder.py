@@ -451,6 +451,7 @@ MANIFEST = "sweep.json"
 
 
 ERROR_FILE = "error.txt"
+STOPPED_FILE = "stopped.json"  # an early-stopping scheduler ended the run (ray engine): not a failure
 
 
 #: what a run folder may export (table column -> path inside the run folder)

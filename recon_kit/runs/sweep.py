@@ -7,7 +7,7 @@ Reading runs::
     rk.sort_runs(rk.filter_runs(table, {"geometry.grid_res": 48}), "train_psnr")
 
 A row holds the run's name, ``path``, ``status`` (finished: metrics.json present; failed: error.txt present;
-incomplete: anything else), ``error``, the swept parameters (from the folder's sweep.json), every flattened
+stopped: stopped.json present, an early-stopping scheduler ended it; incomplete: anything else), ``error``, the swept parameters (from the folder's sweep.json), every flattened
 config key (:func:`recon_kit.config.flatten`: ``pass1.lr_mat``, ...), the scalar metrics (``train_psnr``,
 ``timings_s.pass1``, ...; a metric whose name is also a config key, such as ``device``, becomes
 ``metrics.device``), ``wall_s`` (training time: the sum of metrics.json's ``timings_s``), ``sweep_wall_s`` (the
@@ -27,24 +27,22 @@ Each parameter set trains into ``<sweep folder>/<name>`` where the name is built
 resumes an interrupted one from its last checkpoint and retries failed ones. A run that raises leaves
 ``error.txt`` in its folder and a ``failed`` entry in ``sweep.json``; the other runs go on. ``engine="trainer"``
 (default) calls :func:`recon_kit.runs.run.train_from_config` in this process; ``engine="papermill"`` executes
-notebooks/03_train.ipynb for each run (executed copies in ``<sweep folder>/notebooks/``).
+notebooks/03_train.ipynb for each run (executed copies in ``<sweep folder>/notebooks/``); ``engine="ray"``
+schedules the runs as Ray Tune trials (:mod:`recon_kit.runs.ray_engine`: GPUs per trial, ASHA, Optuna, clusters;
+``run(ray=RayOptions(...))``), each still training in-process on its worker into the same run folders.
 The command line: ``recon-kit sweep --dataset D --grid pass1.lr_mat=0.01,0.03 --out outputs/sweeps/NAME``.
 """
 
 from __future__ import annotations
 
 
-import hashlib
 import io
-import itertools
 import json
 import logging
 import os
-import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +51,8 @@ from recon_kit.runs.table import _scalars
 from recon_kit.runs.table import list_runs
 from recon_kit.runs.table import load_runs
 from recon_kit.runs.table import read_run
-from recon_kit.runs.folder import ERROR_FILE, MANIFEST, _read_json, _utc_now, _write_json
+from recon_kit.runs.folder import ERROR_FILE, MANIFEST, STOPPED_FILE, _read_json, _utc_now, _write_json
+from recon_kit.runs.params import SweepError, _Planned, _sanitise, grid_params, run_name  # noqa: F401
 
 
 
@@ -72,63 +71,6 @@ log = logging.getLogger(__name__)
 
 
 NOTEBOOK_FOLDER = "notebooks"  # papermill engine: executed copies of 03_train, one per run
-
-
-
-
-_MAX_NAME = 120
-
-
-class SweepError(ValueError):
-    """A sweep cannot start as asked (bad grid, or its folder holds finished runs of another configuration)."""
-
-
-# ---- parameter sets and their folder names ---------------------------------------------------------------
-def grid_params(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """The Cartesian product of ``{"key": [values...]}``, the first key varying slowest."""
-    keys = list(grid)
-    values = []
-    for k in keys:
-        v = grid[k]
-        if isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
-            raise SweepError(f"grid key {k!r}: expected a list of values, got {v!r}")
-        v = list(v)
-        if not v:
-            raise SweepError(f"grid key {k!r} has no values")
-        values.append(v)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)) and all(not isinstance(x, (list, tuple, dict)) for x in value):
-        return ",".join(_format_value(x) for x in value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return repr(value)  # 1.0, not 1: the folder name shows the type the config gets
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _sanitise(text: str) -> str:
-    text = re.sub(r"[^A-Za-z0-9._=,+\-]+", "-", text)  # no slashes, spaces, quotes or brackets
-    text = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", text))
-    return text.strip("-.") or "run"
-
-
-def run_name(params: Mapping[str, Any]) -> str:
-    """``pass1.lr_mat=0.01__geometry.grid_res=32``: the folder name of one parameter set (filesystem-safe;
-    long names are shortened and end with a hash of the parameters)."""
-    if not params:
-        return "defaults"
-    name = "__".join(_sanitise(f"{k}={_format_value(v)}") for k, v in params.items())
-    if len(name) > _MAX_NAME:
-        digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        name = name[:_MAX_NAME - 9].rstrip("-_.=") + "_" + digest
-    return name
-
-
-
-
 
 
 
@@ -155,20 +97,14 @@ def demo_dataset(folder: str | os.PathLike[str], resolution: int = 128, capture_
 Engine = Callable[..., Any]
 
 
-@dataclass
-class _Planned:
-    name: str
-    params: dict[str, Any]
-    status: str  # finished, failed, incomplete, pending
-
-
 class Sweep:
     """A list or grid of parameter sets trained headlessly, each into its own run folder under ``out_dir``.
 
     ``grid``: ``{"dotted.key": [values]}`` (every combination); ``runs``: explicit parameter sets
     (``[{"pass1.lr_mat": 0.01}, ...]``, appended after the grid's). ``base``: overrides every run gets (a
     run's parameters win). ``preset``: preset name or config file (as notebook 03's ``preset``).
-    ``engine``: ``"trainer"`` (in this process), ``"papermill"`` (notebook 03 per run) or a callable
+    ``engine``: ``"trainer"`` (in this process), ``"papermill"`` (notebook 03 per run), ``"ray"`` (Ray Tune
+    trials, each training as ``"trainer"`` on a Ray worker: :mod:`recon_kit.runs.ray_engine`) or a callable
     ``engine(preset=, dataset_dir=, run_dir=, overrides=, resume=, overwrite=)``.
     """
 
@@ -183,8 +119,8 @@ class Sweep:
         self.explicit = [dict(r) for r in (runs or [])]
         self.preset = str(preset)
         self.base = dict(base or {})
-        if not (callable(engine) or engine in ("trainer", "papermill")):
-            raise SweepError(f"engine must be 'trainer', 'papermill' or a callable, got {engine!r}")
+        if not (callable(engine) or engine in ("trainer", "papermill", "ray")):
+            raise SweepError(f"engine must be 'trainer', 'papermill', 'ray' or a callable, got {engine!r}")
         self.engine = engine
         self.timeout = timeout
         self.params += self.explicit
@@ -223,9 +159,16 @@ class Sweep:
     def run_dir(self, name: str) -> Path:
         return self.out_dir / name
 
+    def _config_json(self, params: Mapping[str, Any]) -> dict:
+        """The config.json a run of ``params`` writes, as read back (JSON: the config's tuples become lists), to
+        compare with a run folder's."""
+        from recon_kit.config import resolve
+
+        return json.loads(json.dumps(resolve(self.preset, self.overrides(params)).to_dict()))
+
     # ---- planning -------------------------------------------------------------------------------------
     def plan(self):
-        """One row per parameter set: name, status (finished, failed, incomplete, pending) and parameters."""
+        """One row per parameter set: name, status (finished, failed, stopped, incomplete, pending) and parameters."""
         import pandas as pd
 
         rows = [{"name": p.name, "status": p.status, **p.params} for p in self._plan()]
@@ -249,7 +192,7 @@ class Sweep:
                 continue
             saved = _read_json(self.run_dir(p.name) / "config.json")
             try:
-                want = resolve(self.preset, self.overrides(p.params)).to_dict()
+                want = self._config_json(p.params)
             except (ConfigError, FileNotFoundError):
                 continue
             if isinstance(saved, dict) and saved != want:
@@ -293,31 +236,22 @@ class Sweep:
 
     # ---- running --------------------------------------------------------------------------------------
     def run(self, progress: bool = True, retry_failed: bool = True, rerun: bool = False,
-            stop_on_error: bool = False, echo: Callable[[str], Any] | None = None):
+            stop_on_error: bool = False, echo: Callable[[str], Any] | None = None, ray: Any = None):
         """Train every parameter set that is not finished yet; returns :func:`load_runs` of the sweep folder.
 
         ``retry_failed=False`` leaves failed runs as they are; ``rerun=True`` trains finished runs again (their
-        folders are emptied first); ``stop_on_error=True`` re-raises the first failure.
+        folders are emptied first); ``stop_on_error=True`` re-raises the first failure. ``engine="ray"``: ``ray``
+        is a :class:`recon_kit.runs.ray_engine.RayOptions` (or a dict of its fields) and the runs go to Ray Tune.
         """
         from tqdm.auto import tqdm
 
-        if not self.dataset_dir.exists():
-            raise FileNotFoundError(f"dataset folder {self.dataset_dir} does not exist")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        planned = self._plan()
-        if not rerun:
-            self._check_finished(planned)
-        man = self._load_manifest()
-        old = {e.get("name"): e for e in man.get("runs", []) if isinstance(e, dict)}
-        entries: dict[str, dict] = {}
-        for p in planned:
-            prev = old.get(p.name, {})
-            entries[p.name] = {"name": p.name, "params": p.params, "status": p.status,
-                               **{k: prev[k] for k in ("error", "wall_s", "started_utc", "finished_utc") if k in prev}}
-            if p.status != "failed":
-                entries[p.name].pop("error", None)
-        self._save_manifest(man, entries)
+        if self.engine == "ray":
+            from recon_kit.runs.ray_engine import run_sweep
 
+            return run_sweep(self, ray, progress=progress, retry_failed=retry_failed, rerun=rerun, echo=echo)
+        if ray is not None:
+            raise SweepError("ray options need engine='ray'")
+        planned, man, entries = self._start(rerun)
         counts = {"trained": 0, "skipped": 0, "failed": 0}
         bar = tqdm(total=len(planned), desc=f"sweep {self.out_dir.name}", disable=not progress, unit="run")
         try:
@@ -354,6 +288,26 @@ class Sweep:
             self._save_manifest(man, entries)
         return self.table()
 
+    def _start(self, rerun: bool) -> tuple[list[_Planned], dict, dict[str, dict]]:
+        """Check the dataset and finished runs, write the manifest's entries for the plan (every engine)."""
+        if not self.dataset_dir.exists():
+            raise FileNotFoundError(f"dataset folder {self.dataset_dir} does not exist")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        planned = self._plan()
+        if not rerun:
+            self._check_finished(planned)
+        man = self._load_manifest()
+        old = {e.get("name"): e for e in man.get("runs", []) if isinstance(e, dict)}
+        entries: dict[str, dict] = {}
+        for p in planned:
+            prev = old.get(p.name, {})
+            entries[p.name] = {"name": p.name, "params": p.params, "status": p.status,
+                               **{k: prev[k] for k in ("error", "wall_s", "started_utc", "finished_utc") if k in prev}}
+            if p.status != "failed":
+                entries[p.name].pop("error", None)
+        self._save_manifest(man, entries)
+        return planned, man, entries
+
     def table(self):
         """:func:`load_runs` of this sweep's folders (runs of the current plan first)."""
         import pandas as pd
@@ -373,14 +327,12 @@ class Sweep:
                           and (d / "config.json").exists())
             if can_resume:
                 try:
-                    from recon_kit.config import resolve
-
-                    want = resolve(self.preset, self.overrides(p.params)).to_dict()
-                    can_resume = _read_json(d / "config.json") == want
+                    can_resume = _read_json(d / "config.json") == self._config_json(p.params)
                 except (ValueError, FileNotFoundError):
                     can_resume = False
             resume, overwrite = can_resume, not can_resume
         (d / ERROR_FILE).unlink(missing_ok=True)
+        (d / STOPPED_FILE).unlink(missing_ok=True)
         entry.update(status="running", started_utc=_utc_now(), resumed=resume)
         entry.pop("error", None)
         entry.pop("finished_utc", None)

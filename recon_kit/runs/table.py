@@ -28,7 +28,7 @@ from dataclasses import field
 from collections.abc import Callable, Iterable, Sequence
 
 from recon_kit.runs.folder import snapshot_key, snapshots  # noqa: F401
-from recon_kit.runs.folder import ERROR_FILE
+from recon_kit.runs.folder import ERROR_FILE, STOPPED_FILE
 from recon_kit.runs.folder import EXPORTS
 from recon_kit.runs.folder import MANIFEST
 from recon_kit.runs.folder import _jsonable
@@ -202,7 +202,7 @@ class RunRecord:
     """What one run folder holds (files read when the record is made, the history on demand)."""
 
     path: Path
-    status: str                      # finished, failed, incomplete
+    status: str                      # finished, failed, stopped, incomplete
     config: dict[str, Any] | None    # flattened config.json
     metrics: dict[str, Any] | None   # metrics.json as written (nested, with per-view lists)
     env: dict[str, Any] | None
@@ -249,6 +249,8 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
         status, error = "finished", None
     elif (p / ERROR_FILE).exists():
         status, error = "failed", _read_error(p)
+    elif (p / STOPPED_FILE).exists():
+        status, error = "stopped", None
     else:
         status, error = "incomplete", None
     exports = {k: p / rel for k, rel in EXPORTS.items() if (p / rel).exists()}
@@ -366,7 +368,7 @@ def filter_runs(table, where: Mapping[str, Any] | Callable | str | None = None, 
 
     ``where``: ``{"key": value}`` (equal), ``{"key": [v1, v2]}`` (any of), ``{"key": callable}`` (true for the
     value); a callable on the row; or a :meth:`pandas.DataFrame.query` string (back-quote dotted keys:
-    ```pass1.lr_mat` < 0.02``). ``status``: one status or a list (finished, failed, incomplete).
+    ```pass1.lr_mat` < 0.02``). ``status``: one status or a list (finished, failed, stopped, incomplete).
     """
     import pandas as pd
 
