@@ -193,7 +193,8 @@ class ReconConfig:
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON data, as config.json holds it (tuples as lists)."""
+        return json.loads(json.dumps(asdict(self)))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -156,7 +156,7 @@ def test_rank_seeds_differ_per_rank_and_step():
 
 
 def test_torchrun_command_and_cli_launch(dataset, tmp_path, monkeypatch):
-    """``recon-kit train ... --nproc 2`` runs torchrun; rank 0 writes the run folder with launch.json."""
+    """``recon-kit train ... --nproc 2`` runs torchrun; rank 0 writes the run folder with distributed.json."""
     cmd = launch.torchrun_command(2, "D", "cpu-small", "R", {"pass1.iterations": 3, "data.val_background": "black"})
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert cmd[5:9] == ["-m", "recon_kit.cli", "train", "cpu-small"] and "pass1.iterations=3" in cmd
@@ -174,7 +174,7 @@ def test_torchrun_command_and_cli_launch(dataset, tmp_path, monkeypatch):
         argv += ["--set", f"{k}={v}"]
     assert cli.main(argv) == 0
     run = tmp_path / "run"
-    summary = json.loads((run / "launch.json").read_text())
+    summary = json.loads((run / "distributed.json").read_text())
     assert summary["world_size"] == 2 and summary["backend"] == "gloo" and summary["views_per_rank"]["pass1"] == 1
     assert len(summary["per_rank"]) == 2 and summary["nccl_nvls_enable"] == "0"
     assert (run / "mesh" / "model.glb").exists() and (run / "metrics.json").exists()
