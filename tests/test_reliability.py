@@ -23,9 +23,17 @@ import pytest
 import torch
 from PIL import Image
 
-from recon_kit import cli, config, data, fsio, guard, locking, overwrite, synth, train
-from recon_kit.rundir import RunDir
-from recon_kit.runconfig import SettingsChanged, changed_keys, write_run_config
+from recon_kit import cli, config, synth
+from recon_kit.config import parse_value
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.io import fsio, locking, overwrite
+from recon_kit.io import transforms as rk_transforms
+from recon_kit.io.images import DataError
+from recon_kit.runs import run as rk_run
+from recon_kit.runs import sweep as rk_sweep
+from recon_kit.runs.folder import RunDir
+from recon_kit.runs.runconfig import SettingsChanged, changed_keys, write_run_config
+from recon_kit.train import guard
 from test_data import write_capture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +59,14 @@ def tiny(**kw):
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel")
     cap = synth.write_demo_capture(root / "capture", resolution=96, n_test=0)
-    data.prepare_dataset(cap, root / "data", [64], progress=False)
+    rk_dataset.prepare_dataset(cap, root / "data", [64], progress=False)
     return root / "data" / "64"
 
 
 def rig_capture(root: Path, **kw) -> Path:
     """A 6-view capture with a transforms.json for the axis rig (so its frames can be broken one by one)."""
     write_capture(root, **kw)
-    meta = data.axis_rig_transforms(file_path="multi_views/{view}.png")
+    meta = rk_transforms.axis_rig_transforms(file_path="multi_views/{view}.png")
     (root / "transforms.json").write_text(json.dumps(meta))
     return root
 
@@ -69,7 +77,7 @@ def rig_capture(root: Path, **kw) -> Path:
 def test_overwrite_refuses_a_run_folder_that_holds_the_dataset(tmp_path, capsys):
     run = tmp_path / "RUN"
     rig_capture(tmp_path / "cap")
-    data.prepare_dataset(tmp_path / "cap", run, [32], progress=False)
+    rk_dataset.prepare_dataset(tmp_path / "cap", run, [32], progress=False)
     before = sorted(p.name for p in (run / "32").rglob("*"))
     rc, err = run_cli(capsys, "train", "cpu-small", "--dataset-dir", str(run / "32"), "--run-dir", str(run),
                       "--overwrite")
@@ -110,7 +118,7 @@ def test_overwrite_clears_only_kit_folders_and_never_the_cwd(tmp_path, monkeypat
 HOLD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from recon_kit import locking
+    from recon_kit.io import locking
     locking.acquire(sys.argv[1], "training")
     print("locked", flush=True)
     time.sleep(60)
@@ -135,7 +143,7 @@ def test_second_writer_fails_at_once_and_a_dead_holder_is_taken_over(tmp_path, c
         msg = str(exc.value)
         assert f"PID {proc.pid}" in msg and platform.node() in msg and str(folder) in msg
         with pytest.raises(locking.RunLockedError):  # --overwrite cannot clear a live run either
-            train.new_trainer(tiny(), None, folder, overwrite=True)
+            rk_run.new_trainer(tiny(), None, folder, overwrite=True)
     finally:
         proc.kill()  # SIGKILL: the holder never releases its lock itself
         proc.wait()
@@ -159,12 +167,10 @@ def test_cli_train_on_a_live_run_folder_is_one_line(dataset, tmp_path, capsys):
 
 
 def test_a_running_sweep_cannot_be_started_twice(dataset, tmp_path):
-    from recon_kit import runs
-
     proc = _holder(tmp_path / "sweep")
     try:
         with pytest.raises(locking.RunLockedError, match=str(proc.pid)):
-            runs.Sweep(tmp_path / "sweep", dataset, grid={"seed": [0]}, engine=lambda **kw: None).run(progress=False)
+            rk_sweep.Sweep(tmp_path / "sweep", dataset, grid={"seed": [0]}, engine=lambda **kw: None).run(progress=False)
     finally:
         proc.kill()
         proc.wait()
@@ -193,7 +199,7 @@ class _FullDisk:
 
 
 def test_full_disk_leaves_the_old_checkpoint_and_no_temporary(dataset, tmp_path, monkeypatch):
-    tr = train.new_trainer(tiny(), data.load_viewset(dataset), tmp_path / "run")
+    tr = rk_run.new_trainer(tiny(), rk_dataset.load_viewset(dataset), tmp_path / "run")
     tr.run(4, progress=False)
     folder = tmp_path / "run" / "checkpoints"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -236,8 +242,8 @@ def test_read_only_output_is_one_line_before_loading_photos(tmp_path, capsys, mo
     def denied(folder):
         raise PermissionError(errno.EACCES, "Permission denied", str(folder))
 
-    monkeypatch.setattr(data, "check_writable", denied)  # root ignores chmod; the OS error is what matters
-    monkeypatch.setattr(data, "load_capture", lambda *a, **k: pytest.fail("photos loaded before the check"))
+    monkeypatch.setattr(rk_dataset, "check_writable", denied)  # root ignores chmod; the OS error is what matters
+    monkeypatch.setattr(rk_dataset, "load_capture", lambda *a, **k: pytest.fail("photos loaded before the check"))
     rc, err = run_cli(capsys, "prepare", str(cap), str(out))
     assert rc != 0 and err.count("\n") == 0 and "permission denied" in err and str(out) in err and "chmod" in err
 
@@ -278,7 +284,7 @@ def test_guard_flags_nonfinite_and_exploding_losses_and_names_the_parameter():
 @pytest.mark.parametrize("text", ["Infinity", "NaN", "-Infinity"])
 def test_config_rejects_nonfinite_numbers(text, capsys, dataset, tmp_path):
     with pytest.raises(config.ConfigError, match="pass1.lr_pos must be a finite number"):
-        config.resolve("cpu-small", {"pass1.lr_pos": cli._parse_value(text)})
+        config.resolve("cpu-small", {"pass1.lr_pos": parse_value(text)})
     rc, err = run_cli(capsys, "train", "cpu-small", "--dataset-dir", str(dataset), "--run-dir", str(tmp_path / "r"),
                       "--set", f"pass1.lr_pos={text}")
     assert rc != 0 and "finite" in err and not (tmp_path / "r").exists()
@@ -296,7 +302,7 @@ def _poison(step: int, once: bool):
 
 
 def test_one_divergence_rolls_back_and_lowers_the_learning_rate(dataset, tmp_path, caplog):
-    tr = train.new_trainer(tiny(**{"pass2.iterations": 2}), data.load_viewset(dataset), tmp_path / "run")
+    tr = rk_run.new_trainer(tiny(**{"pass2.iterations": 2}), rk_dataset.load_viewset(dataset), tmp_path / "run")
     with caplog.at_level("WARNING"):
         tr.run(progress=False, callback=_poison(6, once=True))
     assert tr.done and tr.rollbacks == 1 and tr.lr_scale == pytest.approx(0.1)
@@ -308,7 +314,7 @@ def test_one_divergence_rolls_back_and_lowers_the_learning_rate(dataset, tmp_pat
 
 
 def test_repeated_divergence_stops_naming_the_parameter_and_the_fix(dataset, tmp_path):
-    tr = train.new_trainer(tiny(), data.load_viewset(dataset), tmp_path / "run")
+    tr = rk_run.new_trainer(tiny(), rk_dataset.load_viewset(dataset), tmp_path / "run")
     with pytest.raises(guard.DivergenceError) as exc:
         tr.run(progress=False, callback=_poison(6, once=False))
     msg = str(exc.value)
@@ -328,7 +334,7 @@ def test_exploding_learning_rate_exits_nonzero_in_two_lines(dataset, tmp_path, c
 
 
 def test_nothing_nan_is_exported(dataset, tmp_path):
-    tr = train.new_trainer(tiny(**{"pass1.iterations": 4, "pass2.iterations": 2}), data.load_viewset(dataset),
+    tr = rk_run.new_trainer(tiny(**{"pass1.iterations": 4, "pass2.iterations": 2}), rk_dataset.load_viewset(dataset),
                            tmp_path / "run")
     tr.run(progress=False)
     with torch.no_grad():
@@ -357,8 +363,8 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
 
 
 def test_cli_resume_with_changed_settings_lists_the_keys(dataset, tmp_path, capsys):
-    views = data.load_viewset(dataset)
-    train.new_trainer(tiny(), views, tmp_path / "run").run_lock.release()
+    views = rk_dataset.load_viewset(dataset)
+    rk_run.new_trainer(tiny(), views, tmp_path / "run").run_lock.release()
     args = ["train", "cpu-small", "--dataset-dir", str(dataset), "--run-dir", str(tmp_path / "run"), "--resume"]
     over = sum((["--set", f"{k}={v}"] for k, v in config.flatten(tiny()).items()
                 if config.flatten(config.preset("cpu-small"))[k] != v and not isinstance(v, list)), [])
@@ -367,19 +373,19 @@ def test_cli_resume_with_changed_settings_lists_the_keys(dataset, tmp_path, caps
 
 
 def test_corrupt_checkpoint_and_empty_latest_fall_back_to_an_older_one(dataset, tmp_path):
-    views = data.load_viewset(dataset)
-    tr = train.new_trainer(tiny(), views, tmp_path / "run")
+    views = rk_dataset.load_viewset(dataset)
+    tr = rk_run.new_trainer(tiny(), views, tmp_path / "run")
     tr.run(9, progress=False)   # checkpoints at pass-1 iterations 4 and 8
     tr.run_lock.release()
     ck = tmp_path / "run" / "checkpoints"
     (ck / "pass1_000008.pt").write_bytes(b"truncated")
-    resumed = train.new_trainer(tiny(), views, tmp_path / "run", resume=True)
+    resumed = rk_run.new_trainer(tiny(), views, tmp_path / "run", resume=True)
     assert resumed.it == 4
     (ck / "latest.txt").write_text("")
-    assert train.new_trainer(tiny(), views, tmp_path / "run", resume=True).it == 4
+    assert rk_run.new_trainer(tiny(), views, tmp_path / "run", resume=True).it == 4
     (ck / "pass1_000004.pt").write_bytes(b"")
-    with pytest.raises(train.CheckpointError, match="no readable checkpoint"):
-        train.new_trainer(tiny(), views, tmp_path / "run", resume=True)
+    with pytest.raises(guard.CheckpointError, match="no readable checkpoint"):
+        rk_run.new_trainer(tiny(), views, tmp_path / "run", resume=True)
     resumed.run_lock.release()
 
 
@@ -410,8 +416,8 @@ def test_prepare_rejects_bad_intrinsics(tmp_path):
     meta = json.loads((cap / "transforms.json").read_text())
     meta["camera_angle_x"] = 0.0
     (cap / "transforms.json").write_text(json.dumps(meta))
-    with pytest.raises(data.DataError, match="camera_angle_x=0.0 must be a field of view"):
-        data.prepare_dataset(cap, tmp_path / "out", [32], progress=False)
+    with pytest.raises(DataError, match="camera_angle_x=0.0 must be a field of view"):
+        rk_dataset.prepare_dataset(cap, tmp_path / "out", [32], progress=False)
 
 
 def test_missing_photo_is_an_error_unless_allowed_with_a_rename_hint(tmp_path, capsys):
@@ -431,24 +437,24 @@ def test_missing_photo_is_an_error_unless_allowed_with_a_rename_hint(tmp_path, c
 def test_names_differing_only_in_case_are_an_error(tmp_path):
     cap = rig_capture(tmp_path / "cap")
     Image.open(cap / "multi_views" / "front.png").save(cap / "multi_views" / "Front.PNG")
-    with pytest.raises(data.DataError, match="Front.PNG and front.png|front.png and Front.PNG"):
-        data.prepare_dataset(cap, tmp_path / "out", [32], progress=False)
+    with pytest.raises(DataError, match="Front.PNG and front.png|front.png and Front.PNG"):
+        rk_dataset.prepare_dataset(cap, tmp_path / "out", [32], progress=False)
 
 
 def test_greyscale_photo_is_converted_with_a_note(tmp_path):
     cap = rig_capture(tmp_path / "cap")
     Image.open(cap / "multi_views" / "back.png").convert("L").save(cap / "multi_views" / "back.png")
-    result = data.prepare_dataset(cap, tmp_path / "out", [32], progress=False)
+    result = rk_dataset.prepare_dataset(cap, tmp_path / "out", [32], progress=False)
     assert "back.png is a greyscale photo; converted to RGB" in str(result)
 
 
 def test_one_missing_depth_map_keeps_the_depth_of_the_others(tmp_path):
     cap = rig_capture(tmp_path / "cap")
     (cap / "depth_renders" / "left.png").unlink()
-    data.prepare_dataset(cap, tmp_path / "out", [32], mask_source="background", progress=False)
+    rk_dataset.prepare_dataset(cap, tmp_path / "out", [32], mask_source="background", progress=False)
     frames = json.loads((tmp_path / "out" / "32" / "transforms.json").read_text())["frames"]
     assert sum("depth_file_path" in f for f in frames) == 5
-    views = data.load_viewset(tmp_path / "out" / "32")
+    views = rk_dataset.load_viewset(tmp_path / "out" / "32")
     has = (views.depth > 0).flatten(1).any(1).tolist()
     assert has == [name != "left" for name in views.names]
 
@@ -464,7 +470,10 @@ KILLED = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import torch
     torch.set_num_threads(2)
-    from recon_kit import bake, config, data, export, train
+    from recon_kit import bake, config
+    from recon_kit.data import dataset as rk_dataset
+    from recon_kit.io import meshfile as export
+    from recon_kit.runs import run as rk_run
     phase, dataset, run_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
     if phase == "bake":
@@ -472,10 +481,10 @@ KILLED = textwrap.dedent("""
     if phase == "export":
         export.write_glb = die
     at = {{"pass1": 5, "pass2": 10}}.get(phase, -1)
-    tr = train.new_trainer(config.resolve("cpu-small", {over!r}), data.load_viewset(dataset), run_dir,
+    tr = rk_run.new_trainer(config.resolve("cpu-small", {over!r}), rk_dataset.load_viewset(dataset), run_dir,
                            resume=os.path.isdir(run_dir))
     tr.run(progress=False, callback=lambda t, r: die() if t.global_iteration() == at else None)
-    train.finish(tr, dataset)
+    rk_run.finish(tr, dataset)
 """)
 
 
@@ -488,14 +497,14 @@ def _obj_vertices(run: Path) -> np.ndarray:
 def test_sigkill_in_every_phase_resumes_to_the_same_result(dataset, tmp_path):
     """One run killed (SIGKILL, no clean-up) in pass 1, the bake, pass 2 and the export, resumed after each."""
     full = tmp_path / "full"
-    train.train_from_config("cpu-small", dataset, full, overrides=TINY, progress=False)
+    rk_run.train_from_config("cpu-small", dataset, full, overrides=TINY, progress=False)
     run = tmp_path / "run"
     for phase in ("pass1", "bake", "pass2", "export"):
         proc = subprocess.run([sys.executable, "-c", KILLED.format(root=str(ROOT), over=TINY), phase, str(dataset),
                                str(run)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == -9, (phase, proc.stderr[-2000:])
         assert not list(run.rglob("*.tmp")) and not (run / "metrics.json").exists(), phase
-    train.train_from_config("cpu-small", dataset, run, overrides=TINY, resume=True, progress=False)  # lock taken over
+    rk_run.train_from_config("cpu-small", dataset, run, overrides=TINY, resume=True, progress=False)  # lock taken over
     np.testing.assert_allclose(_obj_vertices(run), _obj_vertices(full), atol=1e-6)
     totals = [json.loads(ln)["total"] for ln in (run / "history.jsonl").read_text().splitlines()]
     assert totals == pytest.approx([json.loads(ln)["total"] for ln in (full / "history.jsonl").read_text().splitlines()])

@@ -10,10 +10,10 @@ killed run resume to the same result.
 
 from __future__ import annotations
 
-import copy
+
+import dataclasses
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -25,17 +25,35 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from . import bake, geometry, hull, materials
-from .cameras import stack_matrices
-from .config import ReconConfig, resolve
-from .data import DataError, ViewSet, linear_to_srgb, load_viewset
-from .fsio import atomic_write_text, check_writable, torch_save_atomic
-from .guard import DivergenceError, DivergenceGuard, Verdict, first_nonfinite
-from .light import EnvLight
-from .render import get_rasterizer, make_background, render_mesh
-from .render.pipeline import frame_from_normal
+from recon_kit import bake
+from recon_kit import evaluate as rk_evaluate
+from recon_kit.io import meshfile
+from recon_kit import mesh as rk_mesh
+from recon_kit.model import dmtet as rk_dmtet
+from recon_kit.model import fixed_mesh
+from recon_kit.model import hull
+from recon_kit.model import materials
+from recon_kit.model.camera_refine import CameraRefiner
+from recon_kit.cameras import stack_matrices
+from recon_kit.config import ReconConfig
+from recon_kit.data.dataset import ViewSet
+from recon_kit.color import linear_to_srgb
+from recon_kit.render.envlight import EnvLight
+from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.render.renderer import frame_from_normal
+from recon_kit.io.fsio import atomic_write_text, torch_save_atomic
+from recon_kit.train import guard as rk_guard
+from recon_kit.train.parallel import _average_gradients
+from recon_kit.train.parallel import _mean_over_ranks
+from recon_kit.train.parallel import _world
+from recon_kit.losses import color_loss
+from recon_kit.losses import depth_loss
+from recon_kit.losses import edge_weights
+
+
 
 log = logging.getLogger(__name__)
+
 
 PASS_NAMES = ("pass1", "pass2")
 
@@ -48,82 +66,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def tonemap_srgb_log(x: torch.Tensor) -> torch.Tensor:
-    """nvdiffrec's tonemap for the log-L1 loss: sRGB(log(x + 1)) of linear HDR colour."""
-    return linear_to_srgb(torch.log(x.clamp(0, 65535) + 1))
-
-
-def color_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "logl1":
-        return (tonemap_srgb_log(pred) - tonemap_srgb_log(target)).abs().mean()
-    if kind == "l1":
-        return (pred - target).abs().mean()
-    return ((pred - target) ** 2).mean()
-
-
-def depth_loss(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Scale/shift-invariant depth loss: per view, fit ``pred ~ a * ref + b`` by least squares over pixels where
-    both have depth (the capture's depth encoding is unknown, 8-bit and possibly inverted), then the mean
-    absolute residual. The fit is detached so it acts as a fixed per-view calibration at each step."""
-    w = valid.flatten(1).float()
-    x, y = ref.flatten(1), pred.flatten(1)
-    n = w.sum(1).clamp_min(1.0)
-    with torch.no_grad():
-        mx, my = (w * x).sum(1) / n, (w * y).sum(1) / n
-        vx = (w * (x - mx[:, None]) ** 2).sum(1) / n
-        cxy = (w * (x - mx[:, None]) * (y - my[:, None])).sum(1) / n
-        a = cxy / vx.clamp_min(1e-12)
-        b = my - a * mx
-    resid = (y - (a[:, None] * x + b[:, None])).abs() * w
-    return (resid.sum(1) / n).mean()
-
-
 def lr_factor(it: int, warmup: int, decay: float) -> float:
     """nvdiffrec's schedule: linear warm-up, then 10^(-decay * (it - warmup))."""
     if warmup > 0 and it < warmup:
         return (it + 1) / warmup
     return 10.0 ** (-decay * (it - warmup))
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of an initialised torch.distributed process group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _average_gradients(param_groups: list[dict], world_size: int) -> None:
-    """All-reduce (mean) the gradients of every parameter, in one flat bucket per dtype/device."""
-    import torch.distributed as dist
-
-    grads = [p.grad for g in param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _mean_over_ranks(losses: dict, world_size: int, device: torch.device) -> dict:
-    """Losses averaged over ranks (each rank holds the losses of its share of the batch), as floats."""
-    if world_size == 1:
-        return {k: float(v) for k, v in losses.items()}
-    import torch.distributed as dist
-
-    keys = list(losses)
-    flat = torch.stack([torch.as_tensor(losses[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
-    dist.all_reduce(flat)
-    return dict(zip(keys, (flat / world_size).tolist()))
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint of the run folder can be read."""
 
 
 @dataclass
@@ -149,6 +96,11 @@ class Trainer:
         self.views = (views.resized(res, res) if views.rgb_linear.shape[1:3] != (res, res) else views).to(self.device)
         # Camera matrices of every training view, built once: a step only indexes them (no host work).
         self._view_mats = stack_matrices(self.views.cameras, device=self.device)
+        self._interior, self._color_w = edge_weights(self.views, cfg.loss.edge_px * res / 1024)
+        self.cam_refiner = None
+        if cfg.cameras.refine:
+            distance = float(np.mean([np.linalg.norm(c.position) for c in self.views.cameras]))
+            self.cam_refiner = CameraRefiner(self._view_mats, distance=distance).to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,9 +117,9 @@ class Trainer:
         self.timings: dict[str, float] = {"pass1": 0.0, "bake": 0.0, "pass2": 0.0}
         self._order: list[int] = []
         self._lock = threading.Lock()
-        self.guard = DivergenceGuard(cfg.guard_factor)   # rollback + lower LR once, then DivergenceError
-        self.lr_scale, self.rollbacks, self._last_good = 1.0, 0, None
-        self.run_lock = None  # the run folder's lock, set by new_trainer
+        self.guard = rk_guard.DivergenceGuard(cfg.guard_factor)   # rollback + lower LR once, then DivergenceError
+        self.lr_scale, self.rollbacks, self.last_good = 1.0, 0, None
+        self.run_lock = None  # the run folder's lock, set by recon_kit.runs.run.new_trainer
         self.world_size, self.rank = _world()
         if self.rank != 0:
             self.run_dir = None  # only rank 0 writes logs, snapshots, checkpoints and exports
@@ -181,8 +133,8 @@ class Trainer:
     # ---- model construction -------------------------------------------------------------------------
     def _build_pass1(self) -> None:
         g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
-        grid = geometry.TetGrid.generate(geometry.kuhn_res_for(g.grid_res), device=self.device)
-        self.dmtet = geometry.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
+        grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
+        self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)
         if g.init == "random":
             self.dmtet.init_sdf("random", generator=self.generator)
@@ -212,6 +164,8 @@ class Trainer:
             mat += list(self.light.parameters())
         self.opt_geo = torch.optim.Adam(geo, lr=self._pass_cfg.lr_pos)
         self.opt_mat = torch.optim.Adam(mat, lr=self._pass_cfg.lr_mat)
+        self.opt_cam = (torch.optim.Adam(self.cam_refiner.parameters(), lr=self.cfg.cameras.lr)
+                        if self.cam_refiner is not None else None)
 
     @property
     def _pass_cfg(self):
@@ -258,8 +212,7 @@ class Trainer:
             if self.done:
                 raise StopIteration("training is finished")
             t0 = time.perf_counter()
-            if self._last_good is None:
-                self._remember_good()
+            rk_guard.remember_good(self, first=True)  # the state to roll back to before the first checkpoint
             try:
                 losses = self._step()
             except Exception as exc:
@@ -268,9 +221,9 @@ class Trainer:
                                        "train without it: config compile='off' (CLI: --set compile=off)") from exc
                 raise
             self.timings[self.pass_name] += time.perf_counter() - t0
-            verdict = self._check_divergence(losses)
-            if verdict is not None:
-                return self._roll_back(verdict)
+            rolled_back = rk_guard.guard_step(self, losses)  # None, or the losses of a step undone by a rollback
+            if rolled_back is not None:
+                return StepResult(self.pass_name, self.it, rolled_back)
             result = StepResult(self.pass_name, self.it, losses)
             self.it += 1
             self._after_step(result)
@@ -280,8 +233,9 @@ class Trainer:
         cfg, pc, lw = self.cfg, self._pass_cfg, self.cfg.loss
         t = self.it / max(1, pc.iterations)
         factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
-        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat)):
-            for group in opt.param_groups:
+        cam_lr = 0.0 if self.pass_idx == 0 and t < cfg.cameras.start else cfg.cameras.lr
+        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat), (self.opt_cam, cam_lr)):
+            for group in (opt.param_groups if opt is not None else ()):
                 group["lr"] = base * factor * self.lr_scale
         idx = self._next_batch(pc.batch)              # the global batch: identical on every rank
         H, W = self.views.rgb_linear.shape[1:3]
@@ -291,8 +245,10 @@ class Trainer:
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
         sub = self.views.subset(idx.tolist())
         sel = idx.to(self.device)
-        cams = {k: v.index_select(0, sel) for k, v in self._view_mats.items()}
+        cams = (self.cam_refiner(sel) if self.cam_refiner is not None
+                else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
         mask = sub.mask[..., None]
+        color_w = self._color_w.index_select(0, sel)[..., None]
         target = sub.rgb_linear * mask + bg * (1 - mask)
 
         with record_function("rk.extract"):
@@ -306,7 +262,7 @@ class Trainer:
         out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
-            "color": color_loss(out["rgb_linear"] * mask, target * mask, lw.color),
+            "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
         }
         ramp = min(1.0, self.it / 500.0)
         gmask = out["mask"][..., 0]
@@ -322,10 +278,14 @@ class Trainer:
         if lw.light_reg > 0 and self.cfg.light.learn_light:
             losses["light_reg"] = lw.light_reg * self.light.regularizer()
         if lw.depth > 0 and cfg.data.use_depth and sub.depth is not None:
-            valid = (gmask > 0) & (sub.depth > 0)
-            losses["depth"] = lw.depth * depth_loss(out["depth"][..., 0], sub.depth, valid) / cfg.geometry.mesh_scale
+            valid = (gmask > 0) & (sub.depth > 0) & self._interior.index_select(0, sel)
+            decay = lw.depth_end if self.pass_idx == 1 else 1.0 - (1.0 - lw.depth_end) * t
+            losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], sub.depth, valid)
+                               / cfg.geometry.mesh_scale)
+        if self.cam_refiner is not None:
+            losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
         if self.pass_idx == 0:
-            losses["sdf_reg"] = geometry.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
+            losses["sdf_reg"] = rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
         else:
             losses["laplace"] = self.fixed.laplacian(t, cfg.geometry.laplace_scale)
         total = sum(losses.values())
@@ -336,13 +296,14 @@ class Trainer:
         return losses
 
     def _backward_step(self, loss: torch.Tensor) -> None:
-        self.opt_geo.zero_grad(set_to_none=True)
-        self.opt_mat.zero_grad(set_to_none=True)
+        opts = [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.world_size > 1:
-            _average_gradients(self.opt_geo.param_groups + self.opt_mat.param_groups, self.world_size)
-        self.opt_geo.step()
-        self.opt_mat.step()
+            _average_gradients([g for opt in opts for g in opt.param_groups], self.world_size)
+        for opt in opts:
+            opt.step()
         with torch.no_grad():
             self.light.clamp_()
             if self.textures is not None:
@@ -359,9 +320,8 @@ class Trainer:
             if self.run_dir is not None:
                 with open(self.run_dir / "history.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
-        checkpoint = (cfg.checkpoint_every and self.it % cfg.checkpoint_every == 0) or self._pass_end()
-        if checkpoint:
-            self._remember_good()
+        if checkpoint := (cfg.checkpoint_every and self.it % cfg.checkpoint_every == 0) or self._pass_end():
+            rk_guard.remember_good(self)
         if self.run_dir is None:
             return
         if cfg.snapshot_every and self.it % cfg.snapshot_every == 0:
@@ -374,66 +334,34 @@ class Trainer:
 
     # ---- pass switch: extract, clean, unwrap, bake --------------------------------------------------
     @torch.no_grad()
+    def switch_to_pass2(self) -> None:
+        """End pass 1 now: extract, clean, unwrap and bake its result, then start pass 2 (thread-safe; ``step()``
+        does this on its own when pass 1's iterations are done)."""
+        with self._lock:
+            self._switch_to_pass2()
+
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        mesh = geometry.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
+        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
         if mesh.num_faces == 0:
             raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
-                               "(notebook 02) or start from the visual hull (geometry.init='hull')")
+                               "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
         mesh = bake.uv_unwrap(mesh)
         textures = bake.bake_field(self.rast, mesh, self._bake_fn(mesh), texture_res=self.cfg.material.texture_res)
         m = self.cfg.material
         self.textures = materials.TexturedMaterial.from_arrays(
             textures["kd"], textures["ks"], textures["normal"], kd_min=m.kd_min, kd_max=m.kd_max,
             ks_min=m.ks_min, ks_max=m.ks_max, device=self.device)
-        self.fixed = geometry.FixedMesh(mesh).to(self.device)
+        self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
         self.pass_idx, self.it = 1, 0
         self._make_optimizers()
         self.timings["bake"] += time.perf_counter() - t0
         log.info("bake: %d faces, %d^2 textures in %.1f s", mesh.num_faces, self.cfg.material.texture_res,
                  self.timings["bake"])
         self.guard.reset()
-        self._remember_good()
+        rk_guard.remember_good(self)
         if self.run_dir is not None:
             self.save_checkpoint()
-
-    # ---- divergence guard -------------------------------------------------------------------------------
-    def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """The current pass's trained tensors with dotted names (``dmtet.sdf``, ``textures.kd.data``, ...)."""
-        mods = {"dmtet": self.dmtet, "field": self.field} if self.pass_idx == 0 else \
-            {"fixed": self.fixed, "textures": self.textures}
-        mods["light"] = self.light
-        return [(f"{m}.{n}", p) for m, mod in mods.items() for n, p in mod.named_parameters()]
-
-    def _check_divergence(self, losses: dict) -> Verdict | None:
-        if self.world_size > 1:  # a rollback must be collective; data-parallel runs are not guarded yet
-            return None
-        return self.guard.check(float(losses["total"]), self.named_parameters())
-
-    def _remember_good(self) -> None:
-        """Keep the state the guard rolls back to (taken with every checkpoint, and at the first step)."""
-        self._last_good = copy.deepcopy(self.state_dict())
-
-    def _roll_back(self, verdict: Verdict) -> StepResult:
-        where = f"{self.pass_name} iteration {self.it}"
-        if self.rollbacks >= 1 or self._last_good is None:
-            pc = self._pass_cfg
-            key = "lr_pos" if (verdict.parameter or "").startswith(("dmtet.", "fixed.")) else "lr_mat"
-            lr, default = getattr(pc, key), getattr(getattr(ReconConfig(), self.pass_name), key)
-            culprit = f"; parameter {verdict.parameter}" if verdict.parameter not in (None, *verdict.reason.split()) else ""
-            raise DivergenceError(
-                f"training diverged at {where} ({verdict.reason}{culprit}) even after a rollback with 10x lower "
-                f"learning rates; lower {self.pass_name}.{key} (set to {lr:g}), e.g. --set "
-                f"{self.pass_name}.{key}={min(default, lr / 10):g}, and train again with --overwrite")
-        lr_scale, rollbacks = self.lr_scale * 0.1, self.rollbacks + 1
-        self.load_state_dict(copy.deepcopy(self._last_good))
-        self.lr_scale, self.rollbacks = lr_scale, rollbacks
-        if self.run_dir is not None and (self.run_dir / "history.jsonl").exists():
-            (self.run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        self.guard.reset(h["total"] for h in self.history[-50:] if h.get("pass") == self.pass_name)
-        log.warning("training diverged at %s (%s); rolled back to %s iteration %d and lowered the learning rates "
-                    "10x (x%g)", where, verdict.reason, self.pass_name, self.it, self.lr_scale)
-        return StepResult(self.pass_name, self.it, {"total": torch.tensor(math.nan), "rolled_back": torch.tensor(1.0)})
 
     def _bake_fn(self, mesh) -> Callable:
         """Field lookup for baking; re-expresses the tangent-space normal in the new UV tangent frame.
@@ -472,25 +400,20 @@ class Trainer:
 
         remaining = self.total_iterations() - self.global_iteration()
         n = remaining if iterations is None else min(iterations, remaining)
-        bar = tqdm(total=n, disable=not progress, desc=self.pass_name, leave=True)
         target = self.global_iteration() + n
-        while self.global_iteration() < target:  # not range(n): a divergence rollback moves the iteration back
-            if should_stop is not None and should_stop():
-                break
-            if before_step is not None:
-                before_step(self)
-            try:
+        with tqdm(total=n, disable=not progress, desc=self.pass_name, leave=True) as bar:  # closed before an error
+            while self.global_iteration() < target:  # not range(n): a divergence rollback moves the iteration back
+                if should_stop is not None and should_stop():
+                    break
+                if before_step is not None:
+                    before_step(self)
                 result = self.step()
-            except BaseException:
-                bar.close()  # the error message then starts on its own line
-                raise
-            bar.set_description(result.pass_name)
-            if self.it % self.cfg.log_every == 0:
-                bar.set_postfix(loss=f"{float(result.losses['total']):.4f}")
-            bar.update(1)
-            if callback is not None:
-                callback(self, result)
-        bar.close()
+                bar.set_description(result.pass_name)
+                if self.it % self.cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{float(result.losses['total']):.4f}")
+                bar.update(1)
+                if callback is not None:
+                    callback(self, result)
         return self
 
     # ---- previews, snapshots ---------------------------------------------------------------------
@@ -543,6 +466,8 @@ class Trainer:
                  "generator": self.generator.get_state(), "bg_generator": self.bg_generator.get_state(),
                  "torch_rng": torch.get_rng_state(),
                  "guard": {"lr_scale": self.lr_scale, "rollbacks": self.rollbacks}}
+        if self.cam_refiner is not None:
+            state["cam_refiner"], state["opt_cam"] = self.cam_refiner.state_dict(), self.opt_cam.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.pass_idx == 0:
@@ -557,11 +482,11 @@ class Trainer:
             self.dmtet.load_state_dict(state["dmtet"])
             self.field.load_state_dict(state["field"])
         else:
-            from .mesh import Mesh
+            from recon_kit.mesh import Mesh
 
             fx = state["fixed"]
             mesh = Mesh(fx["v_init"], fx["t_pos_idx"], fx.get("v_tex"), fx.get("t_tex_idx"))
-            self.fixed = geometry.FixedMesh(mesh).to(self.device)
+            self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
             self.fixed.load_state_dict(fx)
             tx = state["textures"]
             self.textures = materials.TexturedMaterial.from_arrays(
@@ -571,6 +496,9 @@ class Trainer:
         self._make_optimizers()
         self.opt_geo.load_state_dict(state["opt_geo"])
         self.opt_mat.load_state_dict(state["opt_mat"])
+        if self.cam_refiner is not None and "cam_refiner" in state:
+            self.cam_refiner.load_state_dict(state["cam_refiner"])
+            self.opt_cam.load_state_dict(state["opt_cam"])
         self.generator.set_state(state["generator"])
         if "bg_generator" in state:
             self.bg_generator.set_state(state["bg_generator"])
@@ -596,7 +524,7 @@ class Trainer:
         latest = self.run_dir / "checkpoints" / "latest.txt" if self.run_dir else None
         if latest is None or not latest.exists():
             return False
-        path, state = self._load_latest_checkpoint(latest)
+        path, state = rk_guard.load_latest_checkpoint(latest, self.device)  # an unreadable one: the one before
         self.load_state_dict(state)
         if self.run_dir is not None and (self.run_dir / "history.jsonl").exists():
             keep = [json.dumps(r) for r in self.history]
@@ -604,48 +532,51 @@ class Trainer:
         log.info("resumed from %s (%s iteration %d)", path.name, self.pass_name, self.it)
         return True
 
-    def _load_latest_checkpoint(self, latest: Path) -> tuple[Path, dict]:
-        """The checkpoint latest.txt names; when it is empty or that file is unreadable, the newest readable one."""
-        named = latest.read_text().strip()
-        candidates = ([latest.parent / named] if named else []) + sorted(latest.parent.glob("pass*_*.pt"), reverse=True)
-        for path in dict.fromkeys(candidates):
-            try:
-                state = torch.load(path, map_location=self.device, weights_only=False)
-            except Exception as err:  # noqa: BLE001 - a truncated or corrupt file: try the one before it
-                log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(err).__name__, err)
-                continue
-            return path, state
-        raise CheckpointError(f"{latest.parent}: no readable checkpoint to resume from; start the run again with "
-                              "--overwrite (or restore a checkpoint file there)")
-
     # ---- outputs -------------------------------------------------------------------------------
     @torch.no_grad()
     def export(self, folder: str | Path | None = None, overwrite: bool = True) -> dict:
         """Write the mesh folder (OBJ/MTL/PNG/probe.hdr, nvdiffrec's layout), ``model.glb`` and a zip."""
-        from . import export
 
         if self.pass_idx == 0:
             raise RuntimeError("export needs pass 2 (textures); run the trainer to the end first")
         folder = Path(folder) if folder is not None else self.run_dir / "mesh"
         mesh = self.fixed.mesh()
-        bad = first_nonfinite([("mesh vertices", mesh.v_pos), *self.named_parameters()])
-        if bad is not None:  # nothing NaN is ever exported
-            raise DivergenceError(f"not exporting to {folder}: {bad} holds NaN/Inf (the run diverged); lower the "
-                                  "pass-2 learning rates (--set pass2.lr_pos=..., pass2.lr_mat=...) and train again")
+        rk_guard.check_exportable(self, mesh, folder)
         kd, ks, nrm = (t.to_numpy() for t in (self.textures.kd, self.textures.ks, self.textures.normal))
         probe = self.light.to_latlong(256)
-        paths = export.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
-        glb = export.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
-        zip_path = export.bundle_zip(folder, folder.parent / "mesh.zip")
+        paths = meshfile.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
+        glb = meshfile.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
+        zip_path = meshfile.bundle_zip(folder, folder.parent / "mesh.zip")
         return {"folder": folder, "glb": glb, "zip": zip_path, **({"files": paths} if paths else {})}
+
+    def refined_views(self) -> ViewSet:
+        """The training views under the learned camera corrections (as given when refinement is off)."""
+        if self.cam_refiner is None:
+            return self.views
+        return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
+
+    @torch.no_grad()
+    def fringe(self, n_views: int = 8, band_px: float = 3.0) -> dict:
+        """Fringe scores (:func:`recon_kit.evaluate.fringe_report`) of renders over black from ``n_views``
+        angles between the training views; ``fringe_images`` holds those renders (sRGB, 0-1)."""
+        cams = rk_evaluate.between_views(self.views.cameras[0], n_views)
+        size = (n_views, cams[0].height, cams[0].width)
+        novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
+        out = self.render_views(novel, background="black")
+        srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
+        photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
+        scale = cams[0].width / 1024
+        report = rk_evaluate.fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos,
+                                           self.views.mask.cpu().numpy(), band_px * scale)
+        return {**report, "fringe_images": srgb}
 
     @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
         """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
-        PSNR: sRGB, clamped, over the validation background."""
-        from . import metrics
+        PSNR: sRGB, clamped, over the validation background; with depth maps, the depth residual (the depth
+        loss over the mask interior). Training views are rendered under the learned camera corrections."""
 
-        views = views if views is not None else self.views
+        views = views if views is not None else self.refined_views()
         out = self.render_views(views)
         bg = 1.0 if self.cfg.data.val_background == "white" else 0.0
         views = views.to(self.device)
@@ -655,96 +586,15 @@ class Trainer:
             ref = linear_to_srgb((views.rgb_linear[i] * m + bg * (1 - m)).clamp(0, 1)).cpu().numpy()
             pred = linear_to_srgb(out["rgb_linear"][i].clamp(0, 1)).cpu().numpy()
             mk = views.mask[i].cpu().numpy() > 0.5
-            rows.append({"view": views.names[i], "psnr": metrics.psnr(pred, ref), "psnr_masked": metrics.psnr(pred, ref, mk),
-                         "ssim": metrics.ssim(pred, ref), "iou": metrics.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
-        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_masked", "ssim", "iou")}
+            rows.append({"view": views.names[i], "psnr": rk_evaluate.psnr(pred, ref), "psnr_masked": rk_evaluate.psnr(pred, ref, mk),
+                         "ssim": rk_evaluate.ssim(pred, ref), "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
+        if views.depth is not None:
+            interior, _ = edge_weights(views, self.cfg.loss.edge_px * views.rgb_linear.shape[2] / 1024)
+            for i, r in enumerate(rows):
+                valid = (out["alpha"][i, ..., 0] > 0.5) & (views.depth[i] > 0) & interior[i]
+                r["depth_residual"] = float(depth_loss(out["depth"][i:i + 1, ..., 0], views.depth[i:i + 1],
+                                                       valid[None]) / self.cfg.geometry.mesh_scale)
+        keys = ("psnr", "psnr_masked", "ssim", "iou") + (("depth_residual",) if views.depth is not None else ())
+        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
         summary[f"{split}_views"] = rows
         return summary
-
-
-def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, resume: bool = False,
-                overwrite: bool = False, allow_changes: bool = False, inputs: dict | None = None) -> Trainer:
-    """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked.
-
-    The process holds ``run_dir``'s lock from here on (:mod:`recon_kit.locking`; released by
-    ``trainer.run_lock.release()`` or at exit). ``inputs`` (dataset, config, ...) are never cleared by ``overwrite``.
-    A resume with settings other than the saved ones is refused unless ``allow_changes``.
-    """
-    from . import locking
-    from .rundir import RunDir
-    from .runconfig import write_run_config
-
-    if run_dir is None:
-        return Trainer(cfg, views, None)
-    check_writable(Path(run_dir).parent)
-    lock = locking.acquire(run_dir, "training")   # one writer per run folder, before anything is cleared
-    try:
-        rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume, inputs=inputs)
-        write_run_config(rd.dir, cfg, resume=resume, allow_changes=allow_changes)
-        trainer = Trainer(cfg, views, rd.dir)
-        trainer.run_lock = lock
-        if resume:
-            trainer.resume()
-    except BaseException:
-        lock.release()
-        raise
-    return trainer
-
-
-def train_from_config(config: str | Path | ReconConfig | None, dataset_dir: str | Path, run_dir: str | Path,
-                      overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: bool = True, allow_changes: bool = False) -> dict:
-    """Scripted run (the CLI's ``train``): load data, train both passes, export, evaluate, write metrics.json."""
-    cfg = resolve(config, overrides)
-    views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
-    inputs = {"dataset": dataset_dir, "config": config if isinstance(config, (str, Path)) and Path(config).exists()
-              else None}
-    trainer = new_trainer(cfg, views, run_dir, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                          inputs=inputs)
-    try:
-        trainer.run(progress=progress)
-        return finish(trainer, dataset_dir)
-    finally:
-        if trainer.run_lock is not None:
-            trainer.run_lock.release()
-
-
-def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
-    """Export, evaluate on the training views (and held-out views when the dataset has them), write metrics."""
-    from .metrics import write_metrics_json
-
-    exported = trainer.export()
-    if trainer.run_dir is not None:  # training.gif (+ .mp4) from the snapshots, before metrics.json marks the run done
-        try:
-            from .animation import training_animation
-
-            animation = training_animation(trainer.run_dir)
-            if animation is not None:
-                exported["animation"] = animation
-        except Exception as err:  # noqa: BLE001 - a convenience output never fails a finished run
-            import warnings
-
-            warnings.warn(f"training animation not written: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
-    result = {"iterations": {"pass1": trainer.cfg.pass1.iterations, "pass2": trainer.cfg.pass2.iterations},
-              "timings_s": dict(trainer.timings), "device": str(trainer.device), "backend": trainer.rast.name,
-              "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
-              "faces": trainer.fixed.mesh().num_faces}
-    result.update(trainer.evaluate(split="train"))
-    result["dataset_dir"] = str(Path(dataset_dir).resolve())
-    try:  # held-out views, when the dataset (or its <res>/ folder) has transforms_test.json
-        test_views = load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution, split="test")
-    except DataError:
-        test_views = None
-    if test_views is not None:
-        result.update(trainer.evaluate(test_views, split="test"))
-    if trainer.run_dir is not None:
-        write_metrics_json(trainer.run_dir / "metrics.json", result)
-    result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
-    return result
-
-
-def metrics_table(run_dir: str | Path):
-    """The run's metrics.json as a table (one row per scalar; per-view lists are left out)."""
-    from .metrics import metrics_dataframe, read_metrics_json
-
-    return metrics_dataframe(read_metrics_json(Path(run_dir) / "metrics.json"))

@@ -19,12 +19,12 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from .locking import LOCK_FILE
+from recon_kit.io.locking import LOCK_FILE
 
 __all__ = ["MARKER", "OverwriteRefused", "check_clearable", "clear", "is_kit_folder", "mark"]
 
 MARKER = ".recon-kit"
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class OverwriteRefused(ValueError):

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ReconConfig, flatten
-from .fsio import atomic_write_text
+from recon_kit.config import ReconConfig, flatten
+from recon_kit.io.fsio import atomic_write_text
 
 __all__ = ["HISTORY_KEY", "SettingsChanged", "changed_keys", "write_run_config"]
 
