@@ -78,8 +78,9 @@ def holder(folder: str | os.PathLike[str]) -> dict | None:
         return None
 
 
-def acquire(folder: str | os.PathLike[str], what: str = "writing") -> RunLock:
-    """Lock ``folder`` (created if needed) for this process, or raise :class:`RunLockedError` at once."""
+def acquire(folder: str | os.PathLike[str], what: str = "writing", wait: bool = False) -> RunLock:
+    """Lock ``folder`` (created if needed) for this process, or raise :class:`RunLockedError` at once
+    (``wait=True``: block until the holder is done instead, saying who is waited for)."""
     import fcntl
 
     folder = Path(folder).resolve()
@@ -92,8 +93,13 @@ def acquire(folder: str | os.PathLike[str], what: str = "writing") -> RunLock:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
         info = holder(folder) or {}
+        if wait:
+            log.info("%s: waiting for PID %s on host %s (%s)", folder, info.get("pid", "?"), info.get("host", "?"),
+                     info.get("what", "writing"))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return _record(folder, fd, what)
+        os.close(fd)
         pid, host = info.get("pid", "?"), info.get("host", "?")
         raise RunLockedError(
             f"run folder {folder} is in use by PID {pid} on host {host} ({info.get('what', 'writing')} since "
@@ -102,6 +108,11 @@ def acquire(folder: str | os.PathLike[str], what: str = "writing") -> RunLock:
     except BaseException:
         os.close(fd)
         raise
+    return _record(folder, fd, what)
+
+
+def _record(folder: Path, fd: int, what: str) -> RunLock:
+    """Write who holds the (now held) lock on ``folder`` into its lock file; note a taken-over stale lock."""
     old = holder(folder)
     if old and old.get("pid") != os.getpid():
         same_host = old.get("host") == platform.node()
@@ -116,9 +127,9 @@ def acquire(folder: str | os.PathLike[str], what: str = "writing") -> RunLock:
 
 
 @contextlib.contextmanager
-def locked(folder: str | os.PathLike[str], what: str = "writing") -> Iterator[RunLock]:
+def locked(folder: str | os.PathLike[str], what: str = "writing", wait: bool = False) -> Iterator[RunLock]:
     """``with locked(run_dir): ...``: hold the folder's lock for the block."""
-    lock = acquire(folder, what)
+    lock = acquire(folder, what, wait=wait)
     try:
         yield lock
     finally:
