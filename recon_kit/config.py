@@ -232,8 +232,29 @@ def preset(name: str) -> ReconConfig:
     return ReconConfig.from_dict(PRESETS[name], source=f"preset {name}")
 
 
-def resolve(config: str | Path | ReconConfig | None, overrides: dict | None = None) -> ReconConfig:
-    """A preset name, a JSON path (kit or nvdiffrec format), or a config object, plus overrides."""
+def parse_overrides(overrides: dict | str | None) -> dict:
+    """Overrides as a dict: a dict as is, a JSON object string (``papermill -p overrides '{"pass1.iterations": 50}'``)
+    parsed, empty or None as ``{}``."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        if not overrides.strip():
+            return {}
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"overrides {overrides!r} is not valid JSON ({err}); write e.g. "
+                             '\'{"pass1.iterations": 300}\'') from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict or a JSON object string, got {type(overrides).__name__}: "
+                         f"{overrides!r}")
+    return overrides
+
+
+def resolve(config: str | Path | ReconConfig | None, overrides: dict | str | None = None) -> ReconConfig:
+    """A preset name, a JSON path (kit or nvdiffrec format), or a config object, plus overrides (a dict or a JSON
+    object string, see :func:`parse_overrides`)."""
+    overrides = parse_overrides(overrides)
     if isinstance(config, ReconConfig):
         base = config
     elif config is None or config == "":

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "RunDirExistsError", "environment_info"]
+__all__ = ["RunDir", "RunDirExistsError", "environment_info", "new_run_path"]
 
 ENV_FILE = "env.json"
 LOG_FILE = "log.txt"
@@ -49,6 +49,11 @@ class RunDirExistsError(FileExistsError):
 def _utc_name() -> str:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     return f"{stamp}_{secrets.token_hex(3)}"
+
+
+def new_run_path(root: str | os.PathLike[str] = "outputs/runs") -> Path:
+    """``root/<UTC time>_<suffix>``: a fresh run folder's path (nothing is created), the default of notebook 03."""
+    return Path(root) / _utc_name()
 
 
 def _json_default(obj: Any) -> Any:
