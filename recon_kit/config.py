@@ -30,7 +30,8 @@ class DataConfig:
 @dataclass
 class GeometryConfig:
     grid_res: int = 64             # nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis
-    mesh_scale: float = 2.1        # side of the cube the grid spans, centred at the origin
+    mesh_scale: float | str = "auto"  # side of the cube the grid spans, centred at the origin; "auto": fitted to
+    #                                   the visual hull with a margin when training starts (recon_kit.autoscale)
     init: str = "hull"             # hull (visual hull of the masks), sphere, random (nvdiffrec)
     hull_res: int = 96             # voxels per axis for the visual hull
     sdf_regularizer: float = 0.2   # initial weight of the SDF sign-flip regulariser (decays to 0.01)
@@ -134,7 +135,9 @@ class ReconConfig:
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),
             (self.geometry.grid_res >= 8 and self.geometry.grid_res % 2 == 0, "geometry.grid_res must be even and >= 8"),
-            (self.geometry.mesh_scale > 0, "geometry.mesh_scale must be > 0"),
+            (self.geometry.mesh_scale == "auto" or (isinstance(self.geometry.mesh_scale, float)
+                                                    and self.geometry.mesh_scale > 0),
+             "geometry.mesh_scale must be > 0 or 'auto'"),
             (self.geometry.init in ("hull", "sphere", "random"), "geometry.init must be hull, sphere or random"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
             (all(len(x) == 3 for x in (self.material.kd_min, self.material.kd_max, self.material.ks_min,
@@ -176,8 +179,24 @@ def _build(cls, data: dict, source: str, prefix: str = "", defaults=None):
     return dataclasses.replace(defaults, **kwargs)
 
 
+#: Keys that take "auto" or a number.
+AUTO_OR_NUMBER = ("geometry.mesh_scale",)
+
+
+def coerce_auto(key: str, value: Any) -> Any:
+    """``"auto"`` as is, numbers and numeric strings as float, for the keys of :data:`AUTO_OR_NUMBER`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number or 'auto', got {value!r}") from None
+
+
 def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Accept values of the default's type (ints for floats; 'true'/'false' strings for booleans)."""
+    if key in AUTO_OR_NUMBER:
+        return coerce_auto(key, value)
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
@@ -217,7 +236,7 @@ PRESETS: dict[str, dict] = {
                   "pass1": {"iterations": 150, "batch": 2}, "pass2": {"iterations": 60, "batch": 2, "warmup": 10},
                   "checkpoint_every": 50, "snapshot_every": 10},
     # The user's shoe settings on a GPU (1024^2, batch 2, grid 128, 5000 + 5000 iterations).
-    "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": 2.1},
+    "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": "auto"},
                     "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                     "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
                     "material": {"texture_res": 1024}, "snapshot_every": 100},

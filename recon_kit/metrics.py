@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from recon_kit.mesh import Mesh
+from recon_kit.rundir import shareable
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 Geometry = Union[Mesh, "trimesh.Trimesh", "trimesh.Scene", "trimesh.PointCloud", np.ndarray, torch.Tensor]
@@ -392,6 +393,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(merged, fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
+        shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

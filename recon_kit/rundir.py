@@ -51,6 +51,34 @@ def _utc_name() -> str:
     return f"{stamp}_{secrets.token_hex(3)}"
 
 
+def shareable(path: str | os.PathLike[str]) -> None:
+    """Give a file written through ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would (0666 minus
+    the umask), so results are readable by group and others as the user's other files are."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def attach_package_log(run_dir: str | os.PathLike[str], level: int = logging.INFO) -> logging.Handler:
+    """Send the ``recon_kit`` package's log records (training, auto settings, warnings) to ``run_dir/log.txt``;
+    a handler attached earlier for another run is detached first (one run's log per process)."""
+    logger = logging.getLogger("recon_kit")
+    for h in list(logger.handlers):
+        if getattr(h, "_recon_kit_run_log", False):
+            logger.removeHandler(h)
+            h.close()
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.setLevel(level)
+    handler._recon_kit_run_log = True
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    return handler
+
+
 def new_run_path(root: str | os.PathLike[str] = "outputs/runs") -> Path:
     """``root/<UTC time>_<suffix>``: a fresh run folder's path (nothing is created), the default of notebook 03."""
     return Path(root) / _utc_name()
@@ -248,6 +276,7 @@ class RunDir:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
+            shareable(tmp)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -161,6 +161,10 @@ class Trainer:
         self.world_size, self.rank = _world()
         if self.rank != 0:
             self.run_dir = None  # only rank 0 writes logs, snapshots, checkpoints and exports
+        if self.run_dir is not None:
+            from .rundir import attach_package_log
+
+            attach_package_log(self.run_dir)
         for p in (cfg.pass1, cfg.pass2):
             if p.batch % self.world_size:
                 raise ValueError(f"batch {p.batch} must be a multiple of the number of processes ({self.world_size})")
@@ -171,6 +175,12 @@ class Trainer:
     # ---- model construction -------------------------------------------------------------------------
     def _build_pass1(self) -> None:
         g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
+        if g.mesh_scale == "auto":
+            from .autoscale import fit_mesh_scale
+
+            fit = fit_mesh_scale(self.views.cameras, self.views.mask)
+            log.info("%s", fit)
+            g.mesh_scale = fit.mesh_scale
         grid = geometry.TetGrid.generate(geometry.kuhn_res_for(g.grid_res), device=self.device)
         self.dmtet = geometry.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)

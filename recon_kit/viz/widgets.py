@@ -14,7 +14,7 @@ import threading
 import traceback
 from typing import Callable
 
-from ..config import ReconConfig
+from ..config import AUTO_OR_NUMBER, ReconConfig, coerce_auto
 from .frontend import ErrorLine
 
 #: Config keys a running trainer picks up at its next step.
@@ -42,6 +42,9 @@ def get_key(cfg: ReconConfig, key: str):
 
 def set_key(cfg: ReconConfig, key: str, value) -> None:
     section, name = key.split(".")
+    if key in AUTO_OR_NUMBER:
+        setattr(getattr(cfg, section), name, coerce_auto(key, value))
+        return
     setattr(getattr(cfg, section), name, type(getattr(getattr(cfg, section), name))(value))
 
 
@@ -113,7 +116,9 @@ class TrainingPanel:
             value = get_key(cfg, key)
             desc = key + ("" if key in LIVE else " *")
             style = {"description_width": "160px"}
-            if kind == "int":
+            if key in AUTO_OR_NUMBER:  # "auto" or a number, typed
+                w = W.Text(value=str(value), description=desc, style=style, continuous_update=False)
+            elif kind == "int":
                 w = W.IntSlider(value=value, min=lo, max=max(hi, value), step=step, description=desc, style=style,
                                 continuous_update=False)
             elif kind == "log":
