@@ -285,7 +285,7 @@ class LiveView:
         self.image = OrbitImage(display_width=display_width)
         self.image.on_msg(self.errors.guard(self._on_msg, "orbiting"))
         self.shading = W.ToggleButtons(options=list(SHADINGS), value="PBR", description="shading",
-                                       style={"button_width": "70px", "description_width": "60px"})
+                                       style={"button_width": "84px", "description_width": "60px"})
         self.edges = W.Checkbox(value=False, description="edges", indent=False, layout=W.Layout(width="80px"))
         self.show_cameras = W.Checkbox(value=False, description="cameras", indent=False,
                                        layout=W.Layout(width="90px"), disabled=not self.cameras)
