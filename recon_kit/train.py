@@ -411,16 +411,20 @@ class Trainer:
         return fn
 
     # ---- running -------------------------------------------------------------------------------------
-    def run(self, iterations: int | None = None, progress: bool = True,
+    def run(self, iterations: int | None = None, progress: bool | str = True,
             callback: Callable[["Trainer", StepResult], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             before_step: Callable[["Trainer"], None] | None = None) -> "Trainer":
         """Run ``iterations`` steps (default: to the end of both passes) with a tqdm progress bar.
 
         ``before_step(trainer)`` runs before each step (the distributed loop does its collective pass switch
-        and reseeding there); ``callback(trainer, result)`` after it.
+        and reseeding there); ``callback(trainer, result)`` after it. ``progress="text"``: a plain-text bar even
+        in a kernel (papermill streams it; tqdm.auto would draw a widget nobody sees).
         """
-        from tqdm.auto import tqdm
+        if progress == "text":
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         remaining = self.total_iterations() - self.global_iteration()
         n = remaining if iterations is None else min(iterations, remaining)

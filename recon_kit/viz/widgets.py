@@ -249,7 +249,7 @@ class TrainingPanel:
     def run_headless(self, progress: bool = True):
         """Train to the end in this thread (papermill, scripts) and return the trainer."""
         self.trainer = self._make()
-        self.trainer.run(progress=progress)
+        self.trainer.run(progress="text" if progress else False)  # nobody sees a widget bar here
         if self.on_finish is not None:
             self.on_finish(self.trainer)
         return self.trainer

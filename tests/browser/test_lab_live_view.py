@@ -59,10 +59,8 @@ def test_nb03_start_error_shows_in_panel_and_live_view_orbits(lab, lab_workdir, 
     view.wait_for(state="visible")
     stats = wait_not_blank(page, view, "nb03_live_view.png", shots_dir, timeout_s=120)
     assert not_blank(stats), f"the live 3-D view looks blank: {stats}"
-    if os.environ.get("RECON_KIT_DOCS_SCREENSHOTS"):  # a mesh that has taken shape, the rig shown
+    if os.environ.get("RECON_KIT_DOCS_SCREENSHOTS"):  # a mesh that has taken shape
         wait_status(page, r"pass1 step=(1[5-9]\d|[2-9]\d\d)", timeout_ms=300_000)
-        page.locator(".jp-OutputArea .widget-checkbox", has_text="cameras").locator("input").check()
-        page.wait_for_timeout(3000)
 
     # pause (no training refreshes), then drag: the picture must change, under the mouse alone
     panel_button(page, "Pause").click()
@@ -81,8 +79,20 @@ def test_nb03_start_error_shows_in_panel_and_live_view_orbits(lab, lab_workdir, 
         page.wait_for_timeout(500)
     if os.environ.get("RECON_KIT_DOCS_SCREENSHOTS"):
         page.wait_for_timeout(1500)
-        view.locator("xpath=../../..").screenshot(path=str(shots_dir / "live_view.png"))
+        view.locator("xpath=ancestor::div[contains(@class, 'widget-vbox')][1]").screenshot(
+            path=str(shots_dir / "live_view.png"))
         shutil.copyfile(shots_dir / "live_view.png", DOCS_SHOT)
+    # the cameras toggle draws the training rig into the view
+    plain = _rgb(view.screenshot())
+    page.locator(".jp-OutputArea .widget-checkbox", has_text="cameras").locator("input").check()
+    deadline = time.monotonic() + 60
+    while True:
+        shot = _rgb(view.screenshot())
+        if shot.shape == plain.shape and ((shot[..., 2] > 150) & (shot[..., 0] < 110) & (plain[..., 2] > 200)
+                                          & (plain[..., 0] > 200)).sum() > 20:
+            break  # blue frustum lines where the background was white
+        assert time.monotonic() < deadline, "ticking 'cameras' drew no frustums"
+        page.wait_for_timeout(500)
     panel_button(page, "Stop").click()
     wait_status(page, "stopped")
 
