@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cameras import Camera
-from .hull import view_votes
+from recon_kit.cameras import Camera
+from recon_kit.model.hull import view_votes
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def fit_mesh_scale(cameras: Sequence[Camera], masks: torch.Tensor, margin: float
                    mask_size: int = 128) -> ScaleFit:
     """Fit ``mesh_scale`` to the visual hull of ``masks`` [N,H,W] seen by ``cameras``; raises when the masks carve
     nothing (empty masks, wrong poses: notebook 02 tells which)."""
-    from .posecheck import _working_set, spanned_bounds
+    from recon_kit.posecheck import _working_set, spanned_bounds
 
     cams, m = _working_set(list(cameras), masks.float(), mask_size)
     lo, hi = spanned_bounds(cams)

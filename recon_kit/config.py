@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -21,84 +21,137 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    resolution: int = 256          # training resolution (square images are resized to it)
-    val_background: str = "white"  # background for previews and metrics: white, black
-    train_background: str = "random"  # background composited behind training targets: random, white, black
-    use_depth: bool = True         # use the capture's depth maps when present (scale/shift-invariant loss)
+    resolution: int = 256
+    """Training resolution (square images are resized to it)."""
+    val_background: Literal["white", "black"] = "white"
+    """Background for previews and metrics: white, black."""
+    train_background: Literal["random", "white", "black"] = "random"
+    """Background composited behind training targets: random, white, black."""
+    use_depth: bool = True
+    """Use the capture's depth maps when present (scale/shift-invariant loss)."""
 
 
 @dataclass
 class GeometryConfig:
-    grid_res: int = 64             # nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis
-    mesh_scale: float | str = "auto"  # side of the cube the grid spans, centred at the origin; "auto": fitted to
-    #                                   the visual hull with a margin when training starts (recon_kit.autoscale)
-    init: str = "hull"             # hull (visual hull of the masks), sphere, random (nvdiffrec)
-    hull_res: int = 96             # voxels per axis for the visual hull
-    sdf_regularizer: float = 0.2   # initial weight of the SDF sign-flip regulariser (decays to 0.01)
-    laplace_scale: float = 3000.0  # pass-2 Laplacian weight (relative mode), decays linearly to 0
-    max_faces: int = 200_000       # pass-2 meshes above this are decimated before UV unwrapping
+    grid_res: int = 64
+    """In nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis."""
+    mesh_scale: float | Literal["auto"] = "auto"
+    """Side of the cube the grid spans, centred at the origin; "auto": fitted to the visual hull with a margin when
+    training starts (recon_kit.autoscale)."""
+    init: Literal["hull", "sphere", "random"] = "hull"
+    """Hull (visual hull of the masks), sphere, random (nvdiffrec)."""
+    hull_res: int = 96
+    """Voxels per axis for the visual hull."""
+    sdf_regularizer: float = 0.2
+    """Initial weight of the SDF sign-flip regulariser (decays to 0.01)."""
+    laplace_scale: float = 3000.0
+    """Pass-2 Laplacian weight (relative mode), decays linearly to 0."""
+    max_faces: int = 200_000
+    """Pass-2 meshes above this are decimated before UV unwrapping."""
 
 
 @dataclass
 class MaterialConfig:
-    encoder: str = "auto"          # auto (tinycudann when it passes a subprocess probe, else torch), torch, tcnn
+    encoder: Literal["auto", "torch", "tcnn"] = "auto"
+    """Auto (tinycudann when it passes a subprocess probe, else torch), torch, tcnn."""
     hash_levels: int = 16
+    """Hash-grid resolution levels."""
     hash_features: int = 2
+    """Features per level."""
     hash_log2_size: int = 19
+    """Log2 of the hash table size per level."""
     hash_base_res: int = 16
+    """Coarsest grid resolution."""
     hash_max_res: int = 4096
+    """Finest grid resolution."""
     mlp_width: int = 32
-    kd_min: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    kd_max: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    ks_min: list = field(default_factory=lambda: [0.0, 0.08, 0.0])
-    ks_max: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    texture_res: int = 1024        # baked texture size for pass 2 and export
+    """Hidden width of the material MLP."""
+    kd_min: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Lowest base colour (linear RGB) the material field can output."""
+    kd_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Highest base colour (linear RGB)."""
+    ks_min: tuple[float, float, float] = (0.0, 0.08, 0.0)
+    """Lowest (occlusion, roughness, metallic); roughness >= 0.08 as nvdiffrec."""
+    ks_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Highest (occlusion, roughness, metallic)."""
+    texture_res: int = 1024
+    """Baked texture size for pass 2 and export."""
     perturb_normal: bool = True
+    """Learn a tangent-space normal map."""
 
 
 @dataclass
 class LightConfig:
-    env_res: int = 256             # cube face size of the learned environment map
+    env_res: int = 256
+    """Cube face size of the learned environment map."""
     learn_light: bool = True
+    """Optimise the environment light."""
     lock_light_pass2: bool = False
+    """Freeze the light in pass 2."""
 
 
 @dataclass
 class LossConfig:
-    color: str = "logl1"           # logl1, l1, mse
-    coverage: float = 1.0          # weight of the mask/coverage MSE
-    kd_smooth: float = 0.03        # albedo smoothness, ramped in over 500 iterations
-    occlusion: float = 0.001       # ks occlusion-channel regulariser, ramped in over 500 iterations
-    light_reg: float = 0.005       # environment white-balance regulariser
-    depth: float = 1.0             # scale/shift-invariant depth loss, used when the data has depth (0 = off)
+    color: Literal["logl1", "l1", "mse"] = "logl1"
+    """Logl1, l1, mse."""
+    coverage: float = 1.0
+    """Weight of the mask/coverage MSE."""
+    kd_smooth: float = 0.03
+    """Albedo smoothness, ramped in over 500 iterations."""
+    occlusion: float = 0.001
+    """Ks occlusion-channel regulariser, ramped in over 500 iterations."""
+    light_reg: float = 0.005
+    """Environment white-balance regulariser."""
+    depth: float = 1.0
+    """Scale/shift-invariant depth loss, used when the data has depth (0 = off)."""
 
 
 @dataclass
 class PassConfig:
     iterations: int = 5000
+    """Training steps of this pass."""
     batch: int = 2
-    lr_pos: float = 0.03           # geometry learning rate (SDF/deformation or vertex offsets)
-    lr_mat: float = 0.03           # material + light learning rate
+    """Views per step."""
+    lr_pos: float = 0.03
+    """Geometry learning rate (SDF/deformation or vertex offsets)."""
+    lr_mat: float = 0.03
+    """Material + light learning rate."""
     warmup: int = 0
-    lr_decay: float = 0.0002       # lr x 10^(-lr_decay * it) after warm-up, as nvdiffrec
+    """Steps of linear learning-rate warm-up."""
+    lr_decay: float = 0.0002
+    """Lr x 10^(-lr_decay * it) after warm-up, as nvdiffrec."""
 
 
 @dataclass
 class ReconConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    """Images and backgrounds."""
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    """Tet grid, initialisation and mesh regularisers."""
     material: MaterialConfig = field(default_factory=MaterialConfig)
+    """Hash-grid material field and baked textures."""
     light: LightConfig = field(default_factory=LightConfig)
+    """Learned environment light."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
     pass1: PassConfig = field(default_factory=PassConfig)
+    """Pass 1: DMTet geometry + neural materials."""
     pass2: PassConfig = field(default_factory=lambda: PassConfig(lr_pos=0.01, lr_mat=0.01, warmup=100))
+    """Pass 2: fixed mesh + baked textures."""
     seed: int = 0
-    device: str = "auto"           # auto, cpu, cuda
-    backend: str = "auto"          # auto, torch, nvdiffrast
-    compile: str = "auto"          # torch.compile of shading and hash grid: auto (on CUDA only), on, off
+    """Random seed (views order, init, backgrounds)."""
+    device: str = "auto"
+    """Auto, cpu, cuda."""
+    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"
+    """Auto, torch, nvdiffrast."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """Torch.compile of shading and hash grid: auto (on CUDA only), on, off."""
     checkpoint_every: int = 500
-    snapshot_every: int = 50       # training-animation frames (0 = off)
+    """Checkpoint every N steps (0 = off)."""
+    snapshot_every: int = 50
+    """Training-animation frames (0 = off)."""
     log_every: int = 10
+    """History.jsonl line every N steps."""
 
     # ---- construction and validation -------------------------------------------------------------
     @classmethod
@@ -206,6 +259,9 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
         return float(value)
     elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
+    elif isinstance(default, tuple) and isinstance(value, (list, tuple)) and len(value) == len(default) \
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
     elif isinstance(default, (str, list)) and isinstance(value, type(default)):
         return list(value) if isinstance(value, list) else value
     raise ConfigError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
@@ -251,7 +307,7 @@ def preset(name: str) -> ReconConfig:
     return ReconConfig.from_dict(PRESETS[name], source=f"preset {name}")
 
 
-def parse_overrides(overrides: dict | str | None) -> dict:
+def overrides_dict(overrides: dict | str | None) -> dict:
     """Overrides as a dict: a dict as is, a JSON object string (``papermill -p overrides '{"pass1.iterations": 50}'``)
     parsed, empty or None as ``{}``."""
     if overrides is None:
@@ -272,8 +328,8 @@ def parse_overrides(overrides: dict | str | None) -> dict:
 
 def resolve(config: str | Path | ReconConfig | None, overrides: dict | str | None = None) -> ReconConfig:
     """A preset name, a JSON path (kit or nvdiffrec format), or a config object, plus overrides (a dict or a JSON
-    object string, see :func:`parse_overrides`)."""
-    overrides = parse_overrides(overrides)
+    object string, see :func:`overrides_dict`)."""
+    overrides = overrides_dict(overrides)
     if isinstance(config, ReconConfig):
         base = config
     elif config is None or config == "":
@@ -361,3 +417,43 @@ def table(cfg: ReconConfig):
     import pandas as pd
 
     return pd.DataFrame(list(flatten(cfg).items()), columns=["key", "value"]).set_index("key")
+
+
+def parse_value(text: str) -> Any:
+    """``--set key=value`` values: JSON when it parses (numbers, true/false, lists, quoted strings), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lowered = text.lower()
+        if lowered in {"true", "false"}:
+            return lowered == "true"
+        if lowered in {"none", "null"}:
+            return None
+        return text
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` (the CLI's ``--set`` and torchrun's) as an overrides dict for :func:`resolve`."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. --set steps=500), got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` of a config dataclass (the string literal under each field): help for the CLI,
+    tooltips for widgets."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = nxt.value.value
+    return docs

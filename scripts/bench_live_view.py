@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from recon_kit import config, data, synth, train
+from recon_kit import config, synth
+from recon_kit.data.dataset import load_viewset, prepare_dataset
+from recon_kit.runs.run import new_trainer
 from recon_kit.render import get_rasterizer
 from recon_kit.viz.live_view import LiveView
 
@@ -54,13 +56,13 @@ def frame_rates(device: str, repeats: int = 5) -> list[dict]:
 def training_cost(device: str, steps: int = 60) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cap = synth.write_demo_capture(Path(tmp) / "cap", resolution=96, n_test=0)
-        data.prepare_dataset(cap, Path(tmp) / "data", [64], progress=False)
-        views = data.load_viewset(Path(tmp) / "data" / "64")
+        prepare_dataset(cap, Path(tmp) / "data", [64], progress=False)
+        views = load_viewset(Path(tmp) / "data" / "64")
         over = {"data.resolution": 64, "geometry.grid_res": 32, "geometry.hull_res": 48, "pass1.iterations": 10_000,
                 "device": device, "checkpoint_every": 0, "snapshot_every": 0}
         out = {}
         for label, with_view in (("alone", False), ("with live view", True), ("alone again", False)):
-            tr = train.new_trainer(config.resolve("cpu-small", over), views, None)
+            tr = new_trainer(config.resolve("cpu-small", over), views, None)
             view = LiveView.for_trainer(tr) if with_view else None
             for _ in range(5):
                 tr.step()

@@ -9,10 +9,12 @@ import stat
 import pytest
 import torch
 
-from recon_kit import config, data, synth, train
+from recon_kit import config, synth
 from recon_kit.autoscale import fit_mesh_scale
 from recon_kit.config import ConfigError
-from recon_kit.rundir import RunDir
+from recon_kit.data.dataset import load_viewset, prepare_dataset
+from recon_kit.runs.folder import RunDir
+from recon_kit.runs.run import new_trainer
 from test_posecheck import SHOE, _shoe
 
 
@@ -20,8 +22,8 @@ from test_posecheck import SHOE, _shoe
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cap = synth.write_demo_capture(root / "capture", resolution=96, n_test=0)
-    data.prepare_dataset(cap, root / "data", [64], progress=False)
-    return data.load_viewset(root / "data" / "64")
+    prepare_dataset(cap, root / "data", [64], progress=False)
+    return load_viewset(root / "data" / "64")
 
 
 def test_auto_is_the_default_and_numbers_still_work():
@@ -50,7 +52,7 @@ def test_fit_holds_the_shoe_that_2_1_cuts():
 
 def test_training_logs_the_fit_to_log_txt_and_config(demo, tmp_path):
     cfg = config.resolve("cpu-small", {"data.resolution": 64, "geometry.grid_res": 16, "geometry.hull_res": 32})
-    tr = train.new_trainer(cfg, demo, tmp_path / "run")
+    tr = new_trainer(cfg, demo, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert isinstance(saved["geometry"]["mesh_scale"], float) and saved["geometry"]["mesh_scale"] == tr.dmtet.mesh_scale
     assert "mesh_scale auto =" in (tmp_path / "run" / "log.txt").read_text()

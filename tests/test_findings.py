@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from recon_kit import config, findings
+from recon_kit import config
+from recon_kit.runs import findings
 from recon_kit.posecheck import Calibration, Flag
 
 

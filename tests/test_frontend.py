@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recon_kit import config, train
-from recon_kit.rundir import new_run_path
+from recon_kit import config
+from recon_kit.runs.folder import new_run_path
+from recon_kit.runs.run import new_trainer
 from recon_kit.viz import frontend
 from recon_kit.viz.frontend import ErrorLine, live_frontend
 from recon_kit.viz.widgets import TrainingPanel
@@ -28,7 +29,7 @@ def test_start_on_an_existing_run_folder_shows_the_error_in_the_panel(tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{}")
     panel = TrainingPanel(config.resolve("cpu-small"), run_dir=str(run),
-                          make_trainer=lambda c, folder, again: train.new_trainer(c, None, folder, resume=again))
+                          make_trainer=lambda c, folder, again: new_trainer(c, None, folder, resume=again))
     panel.start_button.click()
     assert "RunDirExistsError" in panel.errors.widget.value and str(run) in panel.errors.widget.value
     assert "not started" in panel.status.value and panel.thread is None
@@ -54,9 +55,9 @@ def test_overrides_as_json_string():
     assert config.resolve("cpu-small", '{"pass1.iterations": 7}').pass1.iterations == 7
     assert config.resolve("cpu-small", "").pass1.iterations == config.resolve("cpu-small").pass1.iterations
     with pytest.raises(ValueError, match="not valid JSON"):
-        config.parse_overrides("{pass1.iterations: 7}")
+        config.overrides_dict("{pass1.iterations: 7}")
     with pytest.raises(ValueError, match="dict or a JSON object"):
-        config.parse_overrides("[1, 2]")
+        config.overrides_dict("[1, 2]")
 
 
 def test_new_run_path_is_fresh_and_timestamped():

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recon_kit.rundir import RunDir, RunDirExistsError, safe_rmtree
+from recon_kit.runs.folder import RunDir, RunDirExistsError, safe_rmtree
 
 
 def test_default_name_is_utc_timestamp_with_suffix(tmp_path):

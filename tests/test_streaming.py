@@ -6,7 +6,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from recon_kit.notebooks import run_notebook
+from recon_kit.runs.notebook import run_notebook
 
 
 @pytest.mark.slow

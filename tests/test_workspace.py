@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from recon_kit.workspace import Workspace
+from recon_kit.runs.workspace import Workspace
 
 
 def test_paths_follow_from_the_workspace(tmp_path):

@@ -1,14 +1,16 @@
 """nvdiffrast backend (CUDA only): a thin adapter from the kit's interface to ``nvdiffrast.torch``.
 
 Uses ``RasterizeCudaContext`` (no OpenGL/EGL needed on headless servers). The plugin is JIT-compiled by
-nvdiffrast on first use (about 30 s, once per machine); see :func:`recon_kit.render.raster.import_nvdiffrast`.
+nvdiffrast on first use (about 30 s, once per machine); see :func:`import_nvdiffrast`.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
+import re
+import sys
 
-from .raster import import_nvdiffrast
+import torch
 
 
 class NvdiffrastRasterizer:
@@ -39,3 +41,22 @@ class NvdiffrastRasterizer:
         if pos_clip.ndim == 2:
             pos_clip = pos_clip[None]
         return self.dr.antialias(color.contiguous(), rast, pos_clip.contiguous().float(), tri.int().contiguous())
+
+
+def import_nvdiffrast():
+    """Import ``nvdiffrast.torch`` (PyPI: ``diffrp-nvdiffrast``) so that its JIT-built plugin loads.
+
+    nvdiffrast builds its CUDA plugin on first use (about 30 s, once per machine) into torch's extension
+    directory, under a name made of its own and torch's versions. On torch >= 2.10 that directory is no
+    longer on ``sys.path`` when nvdiffrast imports the built module, so the import fails after a good build;
+    putting the directory on the path first (the one thing this function does) fixes it.
+    """
+    import nvdiffrast
+    from torch.utils import cpp_extension
+
+    for suffix in ("", "_gl"):
+        name = re.sub(r"\W|^(?=\d)", "_", f"nvdiffrast_plugin_{nvdiffrast.__version__}_torch{torch.__version__}{suffix}")
+        build_dir = cpp_extension._get_build_directory(name, False)
+        if build_dir not in sys.path:
+            sys.path.append(build_dir)
+    return importlib.import_module("nvdiffrast.torch")

@@ -1,7 +1,7 @@
 """How every k3d scene of the kit opens: y up (the kit's world; k3d's default is z up), from a three-quarter front
 view, the given points (mesh, or mesh + camera rig) filling most of the frame.
 
-The camera is the one :class:`recon_kit.viz.live_view.OrbitCamera` opens with, so the live view, the k3d viewers
+The camera is the one :class:`recon_kit.viz.orbit.OrbitCamera` opens with, so the live view, the k3d viewers
 and their standalone HTML snapshots all start from the same place.
 """
 
@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from recon_kit.viz.orbit import OrbitCamera
+
 __all__ = ["upright_camera", "open_upright"]
 
 #: k3d's vertical field of view (degrees) for the kit's scenes; a canvas wider than tall makes it the limiting one.
@@ -19,8 +21,6 @@ FOV_DEG = 40.0
 
 def upright_camera(points: np.ndarray, fov_deg: float = FOV_DEG, margin: float = 1.02) -> list[float]:
     """k3d's ``[eye xyz, target xyz, up xyz]`` looking at ``points`` y-up from the three-quarter front."""
-    from .live_view import OrbitCamera
-
     orbit = OrbitCamera(fov=math.radians(fov_deg)).frame(points, margin)
     eye = orbit.camera(8).position
     return [*map(float, eye), *map(float, orbit.target), 0.0, 1.0, 0.0]

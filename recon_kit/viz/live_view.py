@@ -8,7 +8,7 @@ next drag only after a frame arrived, so a slow renderer degrades to fewer frame
 
 Two sources:
 
-* a :class:`~recon_kit.train.Trainer` (``follow(trainer)``; the training panel of notebook 03): the current mesh,
+* a :class:`~recon_kit.train.trainer.Trainer` (``follow(trainer)``; the training panel of notebook 03): the current mesh,
   material and light, refreshed every ``every`` steps (and at most ``max_fps`` per second) at low resolution;
 * a finished run (``LiveView.of_run(run)``; notebook 04): the exported mesh and textures, with a choice of
   environment map for relighting and "snap to training view", which shows the render beside the photo.
@@ -20,19 +20,18 @@ edges (from the rasteriser's barycentrics) and ``cameras`` the training cameras'
 from __future__ import annotations
 
 import io
-import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..cameras import Camera, look_at, stack_matrices
-from ..data import linear_to_srgb
-from ..render import get_rasterizer, make_background, render_mesh
-from .frontend import ErrorLine
+from recon_kit.cameras import Camera, stack_matrices
+from recon_kit.color import linear_to_srgb
+from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.viz.frontend import ErrorLine
+from recon_kit.viz.orbit import OrbitCamera
 
 __all__ = ["OrbitCamera", "LiveView", "OrbitImage", "render_view", "SHADINGS"]
 
@@ -110,64 +109,6 @@ def OrbitImage(**kw):  # noqa: N802 - a factory so importing this module does no
     return _orbit_image_class()(**kw)
 
 
-@dataclass
-class OrbitCamera:
-    """A y-up orbit camera around ``target``: azimuth from +z towards +x, elevation above the xz plane (radians),
-    ``distance`` from the target; ``fov`` horizontal, in radians."""
-
-    target: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    azimuth: float = math.radians(35.0)
-    elevation: float = math.radians(20.0)
-    distance: float = 3.0
-    fov: float = 0.6
-    snapped: Camera | None = None
-
-    def frame(self, points: np.ndarray, margin: float = 1.08) -> "OrbitCamera":
-        """Aim at the points' bounding-box centre from far enough that their bounding sphere fills the view."""
-        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        if len(p):
-            centre = 0.5 * (p.min(0) + p.max(0))
-            radius = max(float(np.linalg.norm(p - centre, axis=1).max()), 1e-6)
-            self.target = tuple(float(c) for c in centre)
-            self.distance = margin * radius / math.sin(0.5 * self.fov)
-        self.snapped = None
-        return self
-
-    def orbit(self, dx_frac: float, dy_frac: float) -> None:
-        """Drag by a fraction of the image width: a full width turns by 180 degrees (up/down clamped)."""
-        self._unsnap()
-        self.azimuth -= math.pi * dx_frac
-        self.elevation = float(np.clip(self.elevation + math.pi * dy_frac, -1.5, 1.5))
-
-    def zoom(self, steps: float) -> None:
-        """Wheel steps: each moves 10 % closer (negative) or farther (positive)."""
-        self._unsnap()
-        self.distance *= 1.1 ** steps
-
-    def snap(self, camera: Camera) -> None:
-        """Look through ``camera`` exactly (until the next drag, which orbits from there)."""
-        self.snapped = camera
-        offset = camera.position - np.asarray(self.target)
-        self.distance = float(max(np.linalg.norm(offset), 1e-6))
-        self.azimuth = math.atan2(offset[0], offset[2])
-        self.elevation = math.asin(float(np.clip(offset[1] / self.distance, -1, 1)))
-
-    def _unsnap(self) -> None:
-        if self.snapped is not None:
-            self.fov = self.snapped.camera_angle_x
-            self.snapped = None
-
-    def camera(self, width: int, height: int | None = None) -> Camera:
-        height = height or width
-        if self.snapped is not None:
-            return self.snapped.resized(width, height)
-        ce, se = math.cos(self.elevation), math.sin(self.elevation)
-        eye = np.asarray(self.target) + self.distance * np.array([ce * math.sin(self.azimuth), se,
-                                                                  ce * math.cos(self.azimuth)])
-        return Camera.from_fov(look_at(eye, self.target), self.fov, width, height, name="live_view",
-                               near=max(1e-3, 0.02 * self.distance), far=20.0 * self.distance)
-
-
 def _default_material(gb) -> dict:
     grey = torch.full_like(gb.pos, 0.6)
     ks = torch.zeros_like(gb.pos)
@@ -189,7 +130,7 @@ def render_view(mesh, camera: Camera, material: Callable | None = None, light=No
         return np.full((H, W, 3), 255 if background == "white" else 0, np.uint8)
     bsdf = SHADINGS[shading]
     if bsdf == "pbr" and light is None:
-        from ..light import EnvLight
+        from recon_kit.render.envlight import EnvLight
 
         light = EnvLight(16, init=1.0, device=device)
     rast = rasterizer or get_rasterizer("auto", device)
@@ -209,7 +150,7 @@ def draw_frustums(image: np.ndarray, view: Camera, cameras: Sequence[Camera], de
     """``image`` with the training cameras' frustums (apex + image-plane rectangle at ``depth``) drawn in."""
     from PIL import Image, ImageDraw
 
-    from .cameras import frustum_corners
+    from recon_kit.viz.cameras import frustum_corners
 
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
@@ -234,7 +175,7 @@ def _no_scene():
 def environment_choices(extra: str | None = None) -> dict:
     """Relighting choices for :meth:`LiveView.of_run`: the run's learned light, the demo's sunny sky, a uniform
     white light, and ``extra`` (a lat-long ``.hdr`` path) when given."""
-    from ..synth import demo_environment
+    from recon_kit.synth import demo_environment
 
     envs = {"learned light": None, "sunny sky (demo)": demo_environment(64), "uniform white": np.ones((32, 64, 3),
                                                                                                      np.float32)}
@@ -335,8 +276,8 @@ class LiveView:
 
     @classmethod
     def of_run(cls, run, views=None, environments: dict | None = None, device: str = "cpu", **kw) -> "LiveView":
-        """A view of a finished run (:class:`recon_kit.inspect.Run`): its textured mesh under its learned light
-        or one of ``environments``; ``views`` (a :class:`~recon_kit.data.ViewSet`) enables the snap."""
+        """A view of a finished run (:class:`recon_kit.runs.run.Run`): its textured mesh under its learned light
+        or one of ``environments``; ``views`` (a :class:`~recon_kit.data.dataset.ViewSet`) enables the snap."""
         mesh, material, light = run.mesh.to(device), run.material(device), run.light
         rast = get_rasterizer("auto", device)
         envs = environments if environments is not None else environment_choices()
@@ -383,7 +324,7 @@ class LiveView:
         if source is None:
             return scene_light
         if name not in self._lights:
-            from ..inspect import light_from_latlong
+            from recon_kit.runs.run import light_from_latlong
 
             device = scene_light.device if hasattr(scene_light, "device") else "cpu"
             self._lights[name] = light_from_latlong(source, 64, device)

@@ -14,8 +14,8 @@ import threading
 import traceback
 from typing import Callable
 
-from ..config import AUTO_OR_NUMBER, ReconConfig, coerce_auto
-from .frontend import ErrorLine
+from recon_kit.config import AUTO_OR_NUMBER, ReconConfig, coerce_auto
+from recon_kit.viz.frontend import ErrorLine
 
 #: Config keys a running trainer picks up at its next step.
 LIVE = ("pass1.lr_pos", "pass1.lr_mat", "pass2.lr_pos", "pass2.lr_mat", "loss.coverage", "loss.kd_smooth",
@@ -85,7 +85,7 @@ def _png(image) -> bytes:
 
 
 class TrainingPanel:
-    """Widgets around a :class:`~recon_kit.train.Trainer` built by ``make_trainer(cfg)``.
+    """Widgets around a :class:`~recon_kit.train.trainer.Trainer` built by ``make_trainer(cfg)``.
 
     With ``run_dir`` given, the panel shows the run folder (editable) and a "resume" box, and builds trainers
     with ``make_trainer(cfg, run_dir, resume)``: resuming is the user's explicit choice. Every callback's error

@@ -1,10 +1,10 @@
-"""Run folders as a table, and parameter sweeps that fill a folder with runs.
+"""Parameter sweeps that fill a folder with runs (the table of runs is :mod:`recon_kit.runs.table`).
 
 Reading runs::
 
-    from recon_kit import runs
-    table = runs.load_runs("outputs/sweeps/lr")          # one row per run folder (sub-folders of the path)
-    runs.sort_runs(runs.filter_runs(table, {"geometry.grid_res": 48}), "train_psnr")
+    import recon_kit as rk
+    table = rk.load_runs("outputs/sweeps/lr")          # one row per run folder (sub-folders of the path)
+    rk.sort_runs(rk.filter_runs(table, {"geometry.grid_res": 48}), "train_psnr")
 
 A row holds the run's name, ``path``, ``status`` (finished: metrics.json present; failed: error.txt present;
 incomplete: anything else), ``error``, the swept parameters (from the folder's sweep.json), every flattened
@@ -17,7 +17,7 @@ names the column groups: ``params``, ``config``, ``metrics``, ``exports``.
 
 Sweeps::
 
-    sweep = runs.Sweep("outputs/sweeps/lr", dataset_dir="outputs/demo/data", preset="cpu-small",
+    sweep = rk.Sweep("outputs/sweeps/lr", dataset_dir="outputs/demo/data", preset="cpu-small",
                        grid={"pass1.lr_mat": [0.01, 0.03], "geometry.grid_res": [32, 48]},
                        base={"pass1.iterations": 100})
     table = sweep.run()                                  # tqdm bar; returns load_runs(sweep folder)
@@ -26,30 +26,36 @@ Each parameter set trains into ``<sweep folder>/<name>`` where the name is built
 (``pass1.lr_mat=0.01__geometry.grid_res=32``). Re-running a sweep skips finished runs (metrics.json present),
 resumes an interrupted one from its last checkpoint and retries failed ones. A run that raises leaves
 ``error.txt`` in its folder and a ``failed`` entry in ``sweep.json``; the other runs go on. ``engine="trainer"``
-(default) calls :func:`recon_kit.train.train_from_config` in this process; ``engine="papermill"`` executes
+(default) calls :func:`recon_kit.runs.run.train_from_config` in this process; ``engine="papermill"`` executes
 notebooks/03_train.ipynb for each run (executed copies in ``<sweep folder>/notebooks/``).
 The command line: ``recon-kit sweep --dataset D --grid pass1.lr_mat=0.01,0.03 --out outputs/sweeps/NAME``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+
 import hashlib
 import io
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .animation import snapshot_key, snapshots  # noqa: F401  (snapshot_key re-exported)
+from recon_kit.runs.folder import snapshot_key, snapshots  # noqa: F401
+from recon_kit.runs.table import _scalars
+from recon_kit.runs.table import list_runs
+from recon_kit.runs.table import load_runs
+from recon_kit.runs.table import read_run
+from recon_kit.runs.folder import ERROR_FILE, MANIFEST, _read_json, _utc_now, _write_json
+
+
 
 __all__ = [
     "EXPORTS", "MANIFEST", "ERROR_FILE", "RunRecord", "Sweep", "SweepError", "grid_params", "run_name",
@@ -57,24 +63,19 @@ __all__ = [
     "sort_runs", "best_run", "summary", "param_columns", "metric_columns", "varying_columns", "demo_dataset",
 ]
 
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "sweep.json"
-ERROR_FILE = "error.txt"
+
+
+
+
+
 NOTEBOOK_FOLDER = "notebooks"  # papermill engine: executed copies of 03_train, one per run
-#: what a run folder may export (table column -> path inside the run folder)
-EXPORTS = {
-    "mesh_zip": "mesh.zip",
-    "glb": "mesh/model.glb",
-    "obj": "mesh/mesh.obj",
-    "training_gif": "training.gif",
-    "training_mp4": "training.mp4",
-    "viewer": "viewer.html",
-    "turntable": "turntable.gif",
-}
-ENV_KEYS = ("created_utc", "git_sha", "git_dirty", "torch", "device_name")
-#: metrics where larger is better (for sort_runs / best_run); everything else sorts ascending
-HIGHER_IS_BETTER = ("psnr", "ssim", "iou", "fscore", "f_score")
+
+
+
+
 _MAX_NAME = 120
 
 
@@ -126,306 +127,10 @@ def run_name(params: Mapping[str, Any]) -> str:
     return name
 
 
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    from .rundir import RunDir
-
-    RunDir(path.parent).write_json(path.name, obj)  # atomic
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-# ---- reading run folders ----------------------------------------------------------------------------
-def is_run_dir(path: str | os.PathLike[str]) -> bool:
-    """A folder a run wrote into (config.json, metrics.json, env.json or error.txt)."""
-    p = Path(path)
-    return p.is_dir() and any((p / f).exists() for f in ("config.json", "metrics.json", "env.json", ERROR_FILE))
-
-
-def list_runs(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], recursive: bool = False) -> list[Path]:
-    """Run folders: ``root`` itself when it is one, else its sub-folders that are (``recursive``: at any
-    depth), sorted by name. A list of paths is passed through (each must be a run folder)."""
-    if not isinstance(root, (str, os.PathLike)):
-        paths = [Path(p) for p in root]
-        missing = [str(p) for p in paths if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"run folder(s) {', '.join(missing)} do not exist")
-        return paths
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"runs folder {root} does not exist")
-    if is_run_dir(root):
-        return [root]
-    found = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        if is_run_dir(sub):
-            found.append(sub)
-        elif recursive:
-            found.extend(list_runs(sub, recursive=True) if any(sub.iterdir()) else [])
-    return found
-
-
-def _read_error(path: Path) -> str | None:
-    try:
-        lines = [ln for ln in (path / ERROR_FILE).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError:
-        return None
-    return lines[0] if lines else "unknown error"
-
-
-def _scalars(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts with dotted keys; keep numbers, strings, booleans and None; drop lists."""
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_scalars(v, key + "."))
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            out[key] = v
-    return out
-
-
-@dataclass
-class RunRecord:
-    """What one run folder holds (files read when the record is made, the history on demand)."""
-
-    path: Path
-    status: str                      # finished, failed, incomplete
-    config: dict[str, Any] | None    # flattened config.json
-    metrics: dict[str, Any] | None   # metrics.json as written (nested, with per-view lists)
-    env: dict[str, Any] | None
-    error: str | None = None
-    exports: dict[str, Path] = field(default_factory=dict)
-    snapshots: list[Path] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def history(self):
-        """history.jsonl as a DataFrame (empty when the run logged nothing)."""
-        return load_history(self.path)
-
-    @property
-    def wall_s(self) -> float | None:
-        t = (self.metrics or {}).get("timings_s")
-        if not isinstance(t, Mapping):
-            return None
-        vals = [float(v) for v in t.values() if isinstance(v, (int, float))]
-        return float(sum(vals)) if vals else None
-
-
-def read_run(path: str | os.PathLike[str]) -> RunRecord:
-    """Read one run folder (config.json, metrics.json, env.json, error.txt, exports, snapshots)."""
-    from .config import ReconConfig, flatten
-
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"run folder {p} does not exist")
-    cfg_raw = _read_json(p / "config.json")
-    config = None
-    if isinstance(cfg_raw, dict):
-        try:
-            config = flatten(ReconConfig.from_dict(cfg_raw, source=str(p / "config.json")))
-        except ValueError:  # an older or hand-edited config: flatten what is there
-            config = _scalars(cfg_raw)
-    metrics = _read_json(p / "metrics.json")
-    metrics = metrics if isinstance(metrics, dict) else None
-    env = _read_json(p / "env.json")
-    env = env if isinstance(env, dict) else None
-    if metrics is not None:
-        status, error = "finished", None
-    elif (p / ERROR_FILE).exists():
-        status, error = "failed", _read_error(p)
-    else:
-        status, error = "incomplete", None
-    exports = {k: p / rel for k, rel in EXPORTS.items() if (p / rel).exists()}
-    return RunRecord(p, status, config, metrics, env, error, exports, snapshots(p))
-
-
-def load_history(run_dir: str | os.PathLike[str]):
-    """``history.jsonl`` of a run as a DataFrame (a truncated last line is ignored)."""
-    from .rundir import RunDir
-
-    return RunDir(Path(run_dir)).read_history()
-
-
-def load_histories(runs) -> dict[str, Any]:
-    """``{run name: history DataFrame}`` for a table from :func:`load_runs`, a folder or a list of folders."""
-    paths = [Path(p) for p in runs["path"]] if hasattr(runs, "columns") else list_runs(runs)
-    return {p.name: load_history(p) for p in paths}
-
-
-def _manifest_for(paths: Sequence[Path]) -> dict[Path, dict]:
-    """The sweep.json entries of these runs, from the manifests of their parent folders."""
-    entries: dict[Path, dict] = {}
-    for parent in {p.parent for p in paths}:
-        man = _read_json(parent / MANIFEST)
-        if isinstance(man, dict):
-            for e in man.get("runs", []):
-                if isinstance(e, dict) and "name" in e:
-                    entries[(parent / e["name"]).resolve()] = e
-    return entries
-
-
-def load_runs(root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], recursive: bool = False):
-    """One row per run folder (see the module docstring for the columns), indexed by run name."""
-    import pandas as pd
-
-    paths = list_runs(root, recursive=recursive)
-    manifest = _manifest_for(paths)
-    rows, param_keys, config_keys, metric_keys = [], [], [], []
-
-    def remember(keys: list[str], new: Iterable[str]) -> None:
-        keys.extend(k for k in new if k not in keys)
-
-    for p in paths:
-        rec = read_run(p)
-        entry = manifest.get(p.resolve(), {})
-        params = entry.get("params") or {}
-        remember(param_keys, params)
-        row: dict[str, Any] = {"run": rec.name, "path": str(p), "status": rec.status,
-                               "error": rec.error or (entry.get("error") if rec.status == "failed" else None)}
-        config = rec.config or {}
-        remember(config_keys, config)
-        row.update(config)
-        for k, v in params.items():  # failed runs have no config.json: show what they were asked to do
-            row.setdefault(k, v)
-        metrics = {}
-        if rec.metrics:
-            for k, v in _scalars(rec.metrics).items():
-                metrics[f"metrics.{k}" if k in config or k in row else k] = v
-        remember(metric_keys, metrics)
-        row.update(metrics)
-        row["wall_s"] = rec.wall_s
-        row["sweep_wall_s"] = entry.get("wall_s")
-        for k in ENV_KEYS:
-            row[f"env.{k}"] = (rec.env or {}).get(k)
-        for k in EXPORTS:
-            row[k] = str(rec.exports[k]) if k in rec.exports else None
-        row["snapshots"] = len(rec.snapshots)
-        rows.append(row)
-
-    lead = ["run", "path", "status", "error"]
-    tail = ["wall_s", "sweep_wall_s", *(f"env.{k}" for k in ENV_KEYS), *EXPORTS, "snapshots"]
-    rest_config = [k for k in config_keys if k not in param_keys]
-    columns = lead + param_keys + metric_keys + tail + rest_config
-    table = pd.DataFrame(rows, columns=columns)
-    table.index = pd.Index(table["run"].tolist(), name="name")
-    table.attrs.update(params=param_keys, config=config_keys, metrics=metric_keys + ["wall_s", "sweep_wall_s"],
-                       exports=list(EXPORTS))
-    return table
-
-
-# ---- table helpers ----------------------------------------------------------------------------------------
-def param_columns(table) -> list[str]:
-    """The swept parameters (from sweep.json), else the config keys that differ between the runs."""
-    params = [c for c in table.attrs.get("params", []) if c in table.columns]
-    return params or varying_columns(table)
-
-
-def metric_columns(table, include_views: bool = False) -> list[str]:
-    """Numeric metric columns (``train_psnr``, ..., ``wall_s``); per-view counts left out unless asked."""
-    import pandas as pd
-
-    names = [c for c in table.attrs.get("metrics", []) if c in table.columns]
-    if not names:
-        skip = {"snapshots"} | set(table.attrs.get("config", []))
-        names = [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]
-    return [c for c in names if pd.api.types.is_numeric_dtype(table[c]) and (include_views or not c.endswith("_views"))
-            and not pd.api.types.is_bool_dtype(table[c])]
-
-
-def varying_columns(table) -> list[str]:
-    """Config keys whose value is not the same in every run (what distinguishes the runs)."""
-    keys = [c for c in table.attrs.get("config", []) if c in table.columns]
-    out = []
-    for k in keys:
-        vals = {json.dumps(v, sort_keys=True, default=str) for v in table[k].tolist()
-                if not (isinstance(v, float) and math.isnan(v))}
-        if len(vals) > 1:
-            out.append(k)
-    return out
-
-
-def filter_runs(table, where: Mapping[str, Any] | Callable | str | None = None, *,
-                status: str | Sequence[str] | None = None):
-    """Rows of ``table`` that match.
-
-    ``where``: ``{"key": value}`` (equal), ``{"key": [v1, v2]}`` (any of), ``{"key": callable}`` (true for the
-    value); a callable on the row; or a :meth:`pandas.DataFrame.query` string (back-quote dotted keys:
-    ```pass1.lr_mat` < 0.02``). ``status``: one status or a list (finished, failed, incomplete).
-    """
-    import pandas as pd
-
-    keep = pd.Series(True, index=table.index)
-    if status is not None:
-        keep &= table["status"].isin([status] if isinstance(status, str) else list(status))
-    if isinstance(where, str):
-        keep &= table.index.isin(table.query(where).index)
-    elif callable(where):
-        keep &= table.apply(where, axis=1).astype(bool)
-    elif where:
-        for key, cond in where.items():
-            if key not in table.columns:
-                raise KeyError(f"no column {key!r}; columns: {', '.join(map(str, table.columns))}")
-            col = table[key]
-            if callable(cond):
-                keep &= col.map(lambda v: bool(cond(v)))
-            elif isinstance(cond, (list, tuple, set)):
-                keep &= col.isin(list(cond))
-            else:
-                keep &= col == cond
-    out = table[keep]
-    out.attrs.update(table.attrs)
-    return out
-
-
-def _ascending(metric: str) -> bool:
-    return not any(word in metric.lower() for word in HIGHER_IS_BETTER)
-
-
-def sort_runs(table, by: str | Sequence[str] = "train_psnr", ascending: bool | None = None):
-    """Sort by one or more columns; ``ascending=None``: best first (larger PSNR/SSIM/IoU, smaller losses
-    and times). Runs without the value (failed ones) go last."""
-    keys = [by] if isinstance(by, str) else list(by)
-    for k in keys:
-        if k not in table.columns:
-            raise KeyError(f"no column {k!r}; metrics: {', '.join(metric_columns(table))}")
-    asc = [_ascending(k) for k in keys] if ascending is None else ascending
-    out = table.sort_values(keys, ascending=asc, na_position="last", kind="stable")
-    out.attrs.update(table.attrs)
-    return out
-
-
-def best_run(table, metric: str = "train_psnr") -> str | None:
-    """Name of the best finished run by ``metric`` (None when no run has it)."""
-    done = table[table[metric].notna()] if metric in table.columns else table.iloc[:0]
-    return None if done.empty else str(sort_runs(done, metric).index[0])
-
-
-DEFAULT_METRICS = ("train_psnr", "train_ssim", "train_iou", "test_psnr", "final_loss", "faces", "wall_s")
-
-
-def summary(table, metrics: Sequence[str] | None = None, params: Sequence[str] | None = None):
-    """The comparison table: status, parameters, main metrics and wall time (a view of ``table``)."""
-    params = list(params) if params is not None else param_columns(table)
-    if metrics is None:
-        metrics = [m for m in DEFAULT_METRICS if m in table.columns and table[m].notna().any()]
-    cols = ["status", *params, *metrics]
-    if "error" in table.columns and table["error"].notna().any():
-        cols.append("error")
-    out = table[cols].convert_dtypes()  # 32, not 32.0, in a column that a failed run left empty
-    out.attrs.update(table.attrs)
-    return out
 
 
 # ---- the demo dataset for sweeps -----------------------------------------------------------------------
@@ -434,14 +139,15 @@ def demo_dataset(folder: str | os.PathLike[str], resolution: int = 128, capture_
 
     Returns ``folder`` (which holds ``<resolution>/transforms.json``) to pass as a sweep's ``dataset_dir``.
     """
-    from . import data, synth
+    from recon_kit.data import dataset as rk_dataset
+    from recon_kit import synth
 
     folder = Path(folder)
     if not (folder / str(resolution) / "transforms.json").exists():
         cap = folder / "demo_capture"
         if not (cap / "transforms.json").exists() and not any(cap.glob("*")):
             synth.write_demo_capture(cap, resolution=capture_resolution or max(2 * resolution, 96), n_test=2)
-        data.prepare_dataset(cap, folder, [resolution], progress=False, overwrite=True)
+        rk_dataset.prepare_dataset(cap, folder, [resolution], progress=False, overwrite=True)
     return folder
 
 
@@ -535,7 +241,7 @@ class Sweep:
 
     def _check_finished(self, planned: list[_Planned]) -> None:
         """Finished runs are skipped only when they were trained with the configuration asked for now."""
-        from .config import ConfigError, flatten, resolve
+        from recon_kit.config import ConfigError, flatten, resolve
 
         stale = []
         for p in planned:
@@ -547,7 +253,7 @@ class Sweep:
             except (ConfigError, FileNotFoundError):
                 continue
             if isinstance(saved, dict) and saved != want:
-                from .config import ReconConfig
+                from recon_kit.config import ReconConfig
 
                 try:
                     have = flatten(ReconConfig.from_dict(saved))
@@ -667,7 +373,7 @@ class Sweep:
                           and (d / "config.json").exists())
             if can_resume:
                 try:
-                    from .config import resolve
+                    from recon_kit.config import resolve
 
                     want = resolve(self.preset, self.overrides(p.params)).to_dict()
                     can_resume = _read_json(d / "config.json") == want
@@ -702,15 +408,15 @@ class Sweep:
             self.engine(preset=self.preset, dataset_dir=self.dataset_dir, run_dir=run_dir, overrides=overrides,
                         resume=resume, overwrite=overwrite)
         elif self.engine == "trainer":
-            from .train import train_from_config
+            from recon_kit.runs.run import train_from_config
 
             train_from_config(self.preset, self.dataset_dir, run_dir, overrides=overrides, resume=resume,
                               overwrite=overwrite, progress=False)
         else:
-            from .notebooks import run_notebook
+            from recon_kit.runs.notebook import run_notebook
 
             if overwrite:  # notebook 03 would refuse a non-empty run folder
-                from .rundir import safe_rmtree
+                from recon_kit.runs.folder import safe_rmtree
 
                 safe_rmtree(run_dir)
             preset = self.preset

@@ -19,26 +19,119 @@ Usage::
 
 from __future__ import annotations
 
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recon_kit.io.files import shareable
+
+
+
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import logging
-import os
 import platform
 import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
+
+
+
+
+
+
+import re
+
+log = logging.getLogger(__name__)
+
+
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain-JSON version of metric values: numpy/torch scalars to Python, non-finite floats to None."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _deep_merge(old: dict, new: Mapping) -> dict:
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_metrics_json(path: str | Path) -> dict[str, Any]:
+    """The metrics stored at ``path``, or an empty dict when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it away or fix it before writing metrics") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``metrics`` into the JSON object at ``path`` (nested dicts merged key by key) and write atomically.
+
+    Written to a temporary file in the same folder and moved over with ``os.replace``, so readers never see a
+    half-written file. Non-finite floats (an ``inf`` PSNR, a NaN normal consistency) are stored as null.
+    Returns the merged content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = _deep_merge(read_metrics_json(path), _jsonable(dict(metrics)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(merged, fh, indent=2, sort_keys=True, allow_nan=False)
+            fh.write("\n")
+        shareable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return merged
+
 
 __all__ = ["RunDir", "RunDirExistsError", "environment_info", "new_run_path"]
 
+
 ENV_FILE = "env.json"
+
+
 LOG_FILE = "log.txt"
+
+
 HISTORY_FILE = "history.jsonl"
+
+
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,14 +142,6 @@ class RunDirExistsError(FileExistsError):
 def _utc_name() -> str:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     return f"{stamp}_{secrets.token_hex(3)}"
-
-
-def shareable(path: str | os.PathLike[str]) -> None:
-    """Give a file written through ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would (0666 minus
-    the umask), so results are readable by group and others as the user's other files are."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def attach_package_log(run_dir: str | os.PathLike[str], level: int = logging.INFO) -> logging.Handler:
@@ -361,3 +446,65 @@ class RunDir:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_history(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+                    log.warning("%s: skipping an unreadable line", path)
+    return rows
+
+
+def snapshot_key(path: Path) -> tuple[int, int] | None:
+    """``(pass number, iteration)`` of ``snapshots/pass<N>_<it>.png``; None for other files."""
+    m = re.fullmatch(r"pass(\d+)_(\d+)", path.stem)
+    return (int(m.group(1)), int(m.group(2))) if m and path.suffix.lower() == ".png" else None
+
+
+def snapshots(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run's training snapshots in training order (pass, then iteration)."""
+    folder = Path(run_dir) / "snapshots"
+    if not folder.is_dir():
+        return []
+    keyed = [(snapshot_key(p), p) for p in folder.iterdir()]
+    return [p for k, p in sorted((k, p) for k, p in keyed if k is not None)]
+
+
+MANIFEST = "sweep.json"
+
+
+ERROR_FILE = "error.txt"
+
+
+#: what a run folder may export (table column -> path inside the run folder)
+EXPORTS = {
+    "mesh_zip": "mesh.zip",
+    "glb": "mesh/model.glb",
+    "obj": "mesh/mesh.obj",
+    "training_gif": "training.gif",
+    "training_mp4": "training.mp4",
+    "viewer": "viewer.html",
+    "turntable": "turntable.gif",
+}
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+
+    RunDir(path.parent).write_json(path.name, obj)  # atomic
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -11,6 +11,7 @@ OBJ folder layout (nvdiffrec ``mesh/``): ``mesh.obj``, ``mesh.mtl``, ``texture_k
 
 from __future__ import annotations
 
+
 import os
 import tempfile
 import zipfile
@@ -22,31 +23,32 @@ import numpy as np
 import torch
 
 from recon_kit import __version__
-from recon_kit.data import read_hdr, write_hdr  # noqa: F401  (probe files; re-exported)
+from recon_kit.io.images import read_hdr, write_hdr  # noqa: F401
 from recon_kit.mesh import Mesh, vertex_normals
-from recon_kit.rundir import shareable
+from recon_kit.io.files import shareable
+
+
+
+from PIL import Image
+
+from recon_kit.color import linear_to_srgb, srgb_to_linear
+
+
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
+
 OBJ_NAME, MTL_NAME = "mesh.obj", "mesh.mtl"
+
+
 KD_NAME, KS_NAME, NORMAL_NAME, PROBE_NAME = "texture_kd.png", "texture_ks.png", "texture_n.png", "probe.hdr"
+
+
 OUTPUT_NAMES = (OBJ_NAME, MTL_NAME, KD_NAME, KS_NAME, NORMAL_NAME, PROBE_NAME)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# colour and image helpers
 
 
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """sRGB transfer function (IEC 61966-2-1) on values clamped to [0, 1]."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`linear_to_srgb`."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4))
 
 
 def _image(x: ArrayLike, name: str, channels: tuple[int, ...] = (3,)) -> np.ndarray:
@@ -70,10 +72,6 @@ def _kd_uint8(kd_linear: np.ndarray) -> np.ndarray:
 
 def _png_bytes(img: np.ndarray) -> bytes:
     return iio.imwrite("<bytes>", img, extension=".png")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# OBJ folder
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
@@ -205,10 +203,6 @@ def load_obj_folder(folder: str | Path) -> tuple[Mesh, dict[str, np.ndarray]]:
     return mesh, textures
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# glTF binary
-
-
 def split_uv_seams(mesh: Mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One vertex per distinct (position, UV) pair, as glTF and WebGL need.
 
@@ -293,10 +287,6 @@ def write_glb(path: str | Path, mesh: Mesh, kd_linear: ArrayLike, ks: ArrayLike,
     return path
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# bundle
-
-
 def bundle_zip(folder: str | Path, zip_path: str | Path) -> Path:
     """Zip ``folder`` (files stored under a top-level ``<folder name>/``) to ``zip_path``, written atomically."""
     folder, zip_path = Path(folder), Path(zip_path)
@@ -316,3 +306,28 @@ def bundle_zip(folder: str | Path, zip_path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return zip_path
+
+
+def write_obj(path: str | Path, mesh: Mesh, kd_srgb: np.ndarray | None = None) -> Path:
+    """Write ``mesh`` as OBJ (UV v flipped to the OBJ convention) with ``<stem>.mtl`` and ``gt_texture.png``
+    beside it when a kd texture is given."""
+    path = Path(path)
+    v = mesh.v_pos.detach().cpu().numpy()
+    f = mesh.t_pos_idx.cpu().numpy() + 1
+    lines = []
+    if kd_srgb is not None and mesh.has_uv:
+        tex_name = "gt_texture.png"
+        Image.fromarray(np.asarray(kd_srgb, np.uint8)[..., :3]).save(path.parent / tex_name)
+        mtl = path.with_suffix(".mtl")
+        mtl.write_text(f"newmtl material0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nmap_Kd {tex_name}\n")
+        lines += [f"mtllib {mtl.name}", "usemtl material0"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in v]
+    if mesh.has_uv:
+        vt = mesh.v_tex.detach().cpu().numpy()
+        ft = mesh.t_tex_idx.cpu().numpy() + 1
+        lines += [f"vt {a:.6f} {1.0 - b:.6f}" for a, b in vt]
+        lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f, ft)]
+    else:
+        lines += [f"f {a} {b} {c}" for a, b, c in f]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -19,7 +19,7 @@ FINDINGS_FILE = "posecheck.json"
 
 
 def _dataset_folder(dataset_dir: str | os.PathLike[str]) -> Path:
-    from .posecheck import transforms_path
+    from recon_kit.io.transforms import transforms_path
 
     return transforms_path(dataset_dir).parent
 
@@ -27,7 +27,7 @@ def _dataset_folder(dataset_dir: str | os.PathLike[str]) -> Path:
 def write(dataset_dir: str | os.PathLike[str], report, checked_mesh_scale: float, suggested_mesh_scale: float,
           corrected_transforms: str | os.PathLike[str] | None = None) -> Path:
     """Write ``<dataset>/posecheck.json`` from a :class:`~recon_kit.posecheck.PoseReport` and the fitted scale."""
-    from .rundir import RunDir
+    from recon_kit.runs.folder import RunDir
 
     folder = _dataset_folder(dataset_dir)
     cut = [f.message for f in report.flags if f.kind == "volume_cuts_object"]
@@ -62,8 +62,8 @@ def apply(cfg, views, dataset_dir: str | os.PathLike[str], accept: bool) -> tupl
     what = " and ".join(parts)
     if not accept:
         return cfg, views, f"notebook 02 suggests {what}; set accept_posecheck=True to use them"
-    from .config import apply_overrides
-    from .posecheck import load_cameras
+    from recon_kit.config import apply_overrides
+    from recon_kit.io.transforms import load_cameras
 
     cfg = apply_overrides(cfg, {"geometry.mesh_scale": found["mesh_scale"]})
     if found.get("corrected_transforms"):

@@ -10,9 +10,9 @@ killed run resume to the same result.
 
 from __future__ import annotations
 
+
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -24,15 +24,31 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from . import bake, geometry, hull, materials
-from .cameras import stack_matrices
-from .config import ReconConfig, resolve
-from .data import DataError, ViewSet, linear_to_srgb, load_viewset
-from .light import EnvLight
-from .render import get_rasterizer, make_background, render_mesh
-from .render.pipeline import frame_from_normal
+from recon_kit import bake
+from recon_kit import evaluate as rk_evaluate
+from recon_kit.io import meshfile
+from recon_kit import mesh as rk_mesh
+from recon_kit.model import dmtet as rk_dmtet
+from recon_kit.model import fixed_mesh
+from recon_kit.model import hull
+from recon_kit.model import materials
+from recon_kit.cameras import stack_matrices
+from recon_kit.config import ReconConfig
+from recon_kit.data.dataset import ViewSet
+from recon_kit.color import linear_to_srgb
+from recon_kit.render.envlight import EnvLight
+from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.render.renderer import frame_from_normal
+from recon_kit.train.parallel import _average_gradients
+from recon_kit.train.parallel import _mean_over_ranks
+from recon_kit.train.parallel import _world
+from recon_kit.losses import color_loss
+from recon_kit.losses import depth_loss
+
+
 
 log = logging.getLogger(__name__)
+
 
 PASS_NAMES = ("pass1", "pass2")
 
@@ -45,78 +61,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def tonemap_srgb_log(x: torch.Tensor) -> torch.Tensor:
-    """nvdiffrec's tonemap for the log-L1 loss: sRGB(log(x + 1)) of linear HDR colour."""
-    return linear_to_srgb(torch.log(x.clamp(0, 65535) + 1))
-
-
-def color_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "logl1":
-        return (tonemap_srgb_log(pred) - tonemap_srgb_log(target)).abs().mean()
-    if kind == "l1":
-        return (pred - target).abs().mean()
-    return ((pred - target) ** 2).mean()
-
-
-def depth_loss(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Scale/shift-invariant depth loss: per view, fit ``pred ~ a * ref + b`` by least squares over pixels where
-    both have depth (the capture's depth encoding is unknown, 8-bit and possibly inverted), then the mean
-    absolute residual. The fit is detached so it acts as a fixed per-view calibration at each step."""
-    w = valid.flatten(1).float()
-    x, y = ref.flatten(1), pred.flatten(1)
-    n = w.sum(1).clamp_min(1.0)
-    with torch.no_grad():
-        mx, my = (w * x).sum(1) / n, (w * y).sum(1) / n
-        vx = (w * (x - mx[:, None]) ** 2).sum(1) / n
-        cxy = (w * (x - mx[:, None]) * (y - my[:, None])).sum(1) / n
-        a = cxy / vx.clamp_min(1e-12)
-        b = my - a * mx
-    resid = (y - (a[:, None] * x + b[:, None])).abs() * w
-    return (resid.sum(1) / n).mean()
-
-
 def lr_factor(it: int, warmup: int, decay: float) -> float:
     """nvdiffrec's schedule: linear warm-up, then 10^(-decay * (it - warmup))."""
     if warmup > 0 and it < warmup:
         return (it + 1) / warmup
     return 10.0 ** (-decay * (it - warmup))
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of an initialised torch.distributed process group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _average_gradients(param_groups: list[dict], world_size: int) -> None:
-    """All-reduce (mean) the gradients of every parameter, in one flat bucket per dtype/device."""
-    import torch.distributed as dist
-
-    grads = [p.grad for g in param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _mean_over_ranks(losses: dict, world_size: int, device: torch.device) -> dict:
-    """Losses averaged over ranks (each rank holds the losses of its share of the batch), as floats."""
-    if world_size == 1:
-        return {k: float(v) for k, v in losses.items()}
-    import torch.distributed as dist
-
-    keys = list(losses)
-    flat = torch.stack([torch.as_tensor(losses[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
-    dist.all_reduce(flat)
-    return dict(zip(keys, (flat / world_size).tolist()))
 
 
 @dataclass
@@ -161,10 +110,6 @@ class Trainer:
         self.world_size, self.rank = _world()
         if self.rank != 0:
             self.run_dir = None  # only rank 0 writes logs, snapshots, checkpoints and exports
-        if self.run_dir is not None:
-            from .rundir import attach_package_log
-
-            attach_package_log(self.run_dir)
         for p in (cfg.pass1, cfg.pass2):
             if p.batch % self.world_size:
                 raise ValueError(f"batch {p.batch} must be a multiple of the number of processes ({self.world_size})")
@@ -176,13 +121,13 @@ class Trainer:
     def _build_pass1(self) -> None:
         g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
         if g.mesh_scale == "auto":
-            from .autoscale import fit_mesh_scale
+            from recon_kit.autoscale import fit_mesh_scale
 
             fit = fit_mesh_scale(self.views.cameras, self.views.mask)
             log.info("%s", fit)
             g.mesh_scale = fit.mesh_scale
-        grid = geometry.TetGrid.generate(geometry.kuhn_res_for(g.grid_res), device=self.device)
-        self.dmtet = geometry.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
+        grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
+        self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)
         if g.init == "random":
             self.dmtet.init_sdf("random", generator=self.generator)
@@ -320,7 +265,7 @@ class Trainer:
             valid = (gmask > 0) & (sub.depth > 0)
             losses["depth"] = lw.depth * depth_loss(out["depth"][..., 0], sub.depth, valid) / cfg.geometry.mesh_scale
         if self.pass_idx == 0:
-            losses["sdf_reg"] = geometry.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
+            losses["sdf_reg"] = rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
         else:
             losses["laplace"] = self.fixed.laplacian(t, cfg.geometry.laplace_scale)
         total = sum(losses.values())
@@ -366,19 +311,25 @@ class Trainer:
 
     # ---- pass switch: extract, clean, unwrap, bake --------------------------------------------------
     @torch.no_grad()
+    def switch_to_pass2(self) -> None:
+        """End pass 1 now: extract, clean, unwrap and bake its result, then start pass 2 (thread-safe; ``step()``
+        does this on its own when pass 1's iterations are done)."""
+        with self._lock:
+            self._switch_to_pass2()
+
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        mesh = geometry.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
+        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
         if mesh.num_faces == 0:
             raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
-                               "(notebook 02) or start from the visual hull (geometry.init='hull')")
+                               "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
         mesh = bake.uv_unwrap(mesh)
         textures = bake.bake_field(self.rast, mesh, self._bake_fn(mesh), texture_res=self.cfg.material.texture_res)
         m = self.cfg.material
         self.textures = materials.TexturedMaterial.from_arrays(
             textures["kd"], textures["ks"], textures["normal"], kd_min=m.kd_min, kd_max=m.kd_max,
             ks_min=m.ks_min, ks_max=m.ks_max, device=self.device)
-        self.fixed = geometry.FixedMesh(mesh).to(self.device)
+        self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
         self.pass_idx, self.it = 1, 0
         self._make_optimizers()
         self.timings["bake"] += time.perf_counter() - t0
@@ -507,11 +458,11 @@ class Trainer:
             self.dmtet.load_state_dict(state["dmtet"])
             self.field.load_state_dict(state["field"])
         else:
-            from .mesh import Mesh
+            from recon_kit.mesh import Mesh
 
             fx = state["fixed"]
             mesh = Mesh(fx["v_init"], fx["t_pos_idx"], fx.get("v_tex"), fx.get("t_tex_idx"))
-            self.fixed = geometry.FixedMesh(mesh).to(self.device)
+            self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
             self.fixed.load_state_dict(fx)
             tx = state["textures"]
             self.textures = materials.TexturedMaterial.from_arrays(
@@ -558,7 +509,6 @@ class Trainer:
     @torch.no_grad()
     def export(self, folder: str | Path | None = None, overwrite: bool = True) -> dict:
         """Write the mesh folder (OBJ/MTL/PNG/probe.hdr, nvdiffrec's layout), ``model.glb`` and a zip."""
-        from . import export
 
         if self.pass_idx == 0:
             raise RuntimeError("export needs pass 2 (textures); run the trainer to the end first")
@@ -566,16 +516,15 @@ class Trainer:
         mesh = self.fixed.mesh()
         kd, ks, nrm = (t.to_numpy() for t in (self.textures.kd, self.textures.ks, self.textures.normal))
         probe = self.light.to_latlong(256)
-        paths = export.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
-        glb = export.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
-        zip_path = export.bundle_zip(folder, folder.parent / "mesh.zip")
+        paths = meshfile.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
+        glb = meshfile.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
+        zip_path = meshfile.bundle_zip(folder, folder.parent / "mesh.zip")
         return {"folder": folder, "glb": glb, "zip": zip_path, **({"files": paths} if paths else {})}
 
     @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
         """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
         PSNR: sRGB, clamped, over the validation background."""
-        from . import metrics
 
         views = views if views is not None else self.views
         out = self.render_views(views)
@@ -587,77 +536,8 @@ class Trainer:
             ref = linear_to_srgb((views.rgb_linear[i] * m + bg * (1 - m)).clamp(0, 1)).cpu().numpy()
             pred = linear_to_srgb(out["rgb_linear"][i].clamp(0, 1)).cpu().numpy()
             mk = views.mask[i].cpu().numpy() > 0.5
-            rows.append({"view": views.names[i], "psnr": metrics.psnr(pred, ref), "psnr_masked": metrics.psnr(pred, ref, mk),
-                         "ssim": metrics.ssim(pred, ref), "iou": metrics.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
+            rows.append({"view": views.names[i], "psnr": rk_evaluate.psnr(pred, ref), "psnr_masked": rk_evaluate.psnr(pred, ref, mk),
+                         "ssim": rk_evaluate.ssim(pred, ref), "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
         summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_masked", "ssim", "iou")}
         summary[f"{split}_views"] = rows
         return summary
-
-
-def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, resume: bool = False,
-                overwrite: bool = False) -> Trainer:
-    """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked."""
-    from .rundir import RunDir
-
-    if run_dir is None:
-        return Trainer(cfg, views, None)
-    rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume)
-    trainer = Trainer(cfg, views, rd.dir)
-    if resume and trainer.resume():
-        saved = ReconConfig.load(rd.dir / "config.json") if (rd.dir / "config.json").exists() else None
-        if saved is not None and saved.to_dict() != cfg.to_dict():
-            log.warning("resuming %s with a config that differs from its config.json", rd.dir)
-    cfg.save(rd.dir / "config.json")
-    return trainer
-
-
-def train_from_config(config: str | Path | ReconConfig | None, dataset_dir: str | Path, run_dir: str | Path,
-                      overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> dict:
-    """Scripted run (the CLI's ``train``): load data, train both passes, export, evaluate, write metrics.json."""
-    cfg = resolve(config, overrides)
-    views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
-    trainer = new_trainer(cfg, views, run_dir, resume=resume, overwrite=overwrite)
-    trainer.run(progress=progress)
-    return finish(trainer, dataset_dir)
-
-
-def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
-    """Export, evaluate on the training views (and held-out views when the dataset has them), write metrics."""
-    from .metrics import write_metrics_json
-
-    exported = trainer.export()
-    if trainer.run_dir is not None:  # training.gif (+ .mp4) from the snapshots, before metrics.json marks the run done
-        try:
-            from .animation import training_animation
-
-            animation = training_animation(trainer.run_dir)
-            if animation is not None:
-                exported["animation"] = animation
-        except Exception as err:  # noqa: BLE001 - a convenience output never fails a finished run
-            import warnings
-
-            warnings.warn(f"training animation not written: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
-    result = {"iterations": {"pass1": trainer.cfg.pass1.iterations, "pass2": trainer.cfg.pass2.iterations},
-              "timings_s": dict(trainer.timings), "device": str(trainer.device), "backend": trainer.rast.name,
-              "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
-              "faces": trainer.fixed.mesh().num_faces}
-    result.update(trainer.evaluate(split="train"))
-    result["dataset_dir"] = str(Path(dataset_dir).resolve())
-    try:  # held-out views, when the dataset (or its <res>/ folder) has transforms_test.json
-        test_views = load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution, split="test")
-    except DataError:
-        test_views = None
-    if test_views is not None:
-        result.update(trainer.evaluate(test_views, split="test"))
-    if trainer.run_dir is not None:
-        write_metrics_json(trainer.run_dir / "metrics.json", result)
-    result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
-    return result
-
-
-def metrics_table(run_dir: str | Path):
-    """The run's metrics.json as a table (one row per scalar; per-view lists are left out)."""
-    from .metrics import metrics_dataframe, read_metrics_json
-
-    return metrics_dataframe(read_metrics_json(Path(run_dir) / "metrics.json"))

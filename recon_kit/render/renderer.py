@@ -8,6 +8,7 @@ pixels or triangles.
 
 from __future__ import annotations
 
+
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -17,11 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..light import ShadingMaps, fg_lut, perturb_normal, split_sum
-from ..mesh import Mesh, face_normals, vertex_normals, vertex_tangents
-from .raster import Rasterizer
+from recon_kit.render.shading import ShadingMaps, fg_lut, perturb_normal, split_sum
+from recon_kit.mesh import Mesh, face_normals, vertex_normals, vertex_tangents
+from recon_kit.render.raster import Rasterizer
+
+
 
 log = logging.getLogger(__name__)
+
 
 #: A material maps a G-buffer to per-pixel ``kd`` [B,H,W,3], ``ks`` [B,H,W,3] and ``normal`` (tangent space).
 MaterialFn = Callable[["GBuffer"], dict]

@@ -11,6 +11,7 @@ Grid layout: ``occupancy[i, j, k]`` is the node at ``x = xs[i], y = ys[j], z = z
 
 from __future__ import annotations
 
+
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 import trimesh
 
 from recon_kit.cameras import Camera
+
+
 
 def resolve_bounds(bounds) -> np.ndarray:
     """Box ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` from a ``(lo, hi)`` pair, a ``[2,3]`` array, or a float.

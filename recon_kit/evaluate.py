@@ -1,4 +1,5 @@
-"""Evaluation metrics: image quality, silhouette overlap, surface distance and mesh facts, plus JSON/table helpers.
+"""Evaluation metrics: image quality, silhouette overlap, surface distance and mesh facts (metrics.json is
+written by :mod:`recon_kit.runs.folder`, shown by :mod:`recon_kit.runs.table`).
 
 Image metrics take torch tensors or numpy arrays ``[H,W,C]`` (or ``[H,W]``) holding sRGB values in [0, 1]
 and return Python floats. Geometry metrics compare surfaces by sampling points on both and querying
@@ -8,31 +9,32 @@ ground-truth bounding-box diagonal so that numbers are comparable across object 
 
 from __future__ import annotations
 
-import json
+
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from recon_kit.mesh import Mesh
-from recon_kit.rundir import shareable
+
+
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
 Geometry = Union[Mesh, "trimesh.Trimesh", "trimesh.Scene", "trimesh.PointCloud", np.ndarray, torch.Tensor]
 
+
 SSIM_WINDOW = 11
+
+
 SSIM_SIGMA = 1.5
+
+
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# images
 
 
 def _image_tensor(x: ArrayLike, name: str) -> torch.Tensor:
@@ -90,36 +92,24 @@ def psnr(a: ArrayLike, b: ArrayLike, mask: ArrayLike | None = None) -> float:
     return math.inf if err <= 0 else -10.0 * math.log10(err)
 
 
-def _gaussian_window(device: torch.device) -> torch.Tensor:
-    x = torch.arange(SSIM_WINDOW, dtype=torch.float64, device=device) - (SSIM_WINDOW - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * SSIM_SIGMA ** 2))
-    return g / g.sum()
-
-
 def ssim_map(a: ArrayLike, b: ArrayLike) -> torch.Tensor:
     """Per-pixel SSIM ``[H-10, W-10]`` (Wang et al. 2004: Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, range 1).
 
-    Computed per channel over the 'valid' region (no padding, as the reference MATLAB code) and averaged
-    over channels.
+    torchmetrics' full SSIM image, kept over the 'valid' region (windows wholly inside the image, as the reference
+    MATLAB code) and averaged over channels. (torchmetrics' own scalar also averages reflect-padded border
+    windows, so the kit's ``ssim`` differs from it by about 1e-3; the map inside is the same to 1e-15.)
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     ta, tb = _image_pair(a, b)
-    h, w, c = ta.shape
+    h, w, _ = ta.shape
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
-    g = _gaussian_window(ta.device)
-    gx, gy = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, gx, groups=c), gy, groups=c)
-
-    x, y = ta.permute(2, 0, 1)[None], tb.permute(2, 0, 1)[None]
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return s[0].mean(0)
+    _, full = structural_similarity_index_measure(
+        ta.permute(2, 0, 1)[None], tb.permute(2, 0, 1)[None], gaussian_kernel=True, sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW, data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, return_full_image=True)
+    r = SSIM_WINDOW // 2
+    return full[0, :, r:h - r, r:w - r].mean(0)
 
 
 def ssim(a: ArrayLike, b: ArrayLike, mask: ArrayLike | None = None) -> float:
@@ -148,10 +138,6 @@ def silhouette_iou(mask_a: ArrayLike, mask_b: ArrayLike, threshold: float = 0.5)
         raise ValueError(f"masks differ in shape: {tuple(ta.shape)} vs {tuple(tb.shape)}")
     union = int((ta | tb).sum())
     return 1.0 if union == 0 else int((ta & tb).sum()) / union
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# geometry
 
 
 def to_trimesh(mesh: Any) -> "trimesh.Trimesh":
@@ -235,10 +221,6 @@ def chamfer_fscore(pred: Geometry, gt: Geometry, n_points: int = 100_000, thresh
         "threshold": threshold,
         "gt_diagonal": diag,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# mesh facts
 
 
 def uv_coverage_mask(v_tex: ArrayLike, t_tex_idx: ArrayLike, resolution: int = 512) -> np.ndarray:
@@ -332,128 +314,3 @@ def mesh_stats(mesh: Mesh | Any, textures: Mapping[str, ArrayLike] | None = None
         shape = tuple(int(s) for s in tex.shape)
         stats["texture_sizes"][name] = list(shape if len(shape) == 3 else (*shape, 1))
     return stats
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# tables and JSON
-
-
-def _jsonable(x: Any) -> Any:
-    """Plain-JSON version of metric values: numpy/torch scalars to Python, non-finite floats to None."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def _deep_merge(old: dict, new: Mapping) -> dict:
-    out = dict(old)
-    for k, v in new.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_metrics_json(path: str | Path) -> dict[str, Any]:
-    """The metrics stored at ``path``, or an empty dict when the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); move it away or fix it before writing metrics") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return data
-
-
-def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``metrics`` into the JSON object at ``path`` (nested dicts merged key by key) and write atomically.
-
-    Written to a temporary file in the same folder and moved over with ``os.replace``, so readers never see a
-    half-written file. Non-finite floats (an ``inf`` PSNR, a NaN normal consistency) are stored as null.
-    Returns the merged content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    merged = _deep_merge(read_metrics_json(path), _jsonable(dict(metrics)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(merged, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-        shareable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return merged
-
-
-def metrics_dataframe(metrics: Mapping[str, Any]) -> "pandas.DataFrame":
-    """A DataFrame of metrics: nested ``{row: {column: value}}`` gives one row per key; a flat dict one
-    ``value`` column indexed by metric name."""
-    import pandas as pd
-
-    if metrics and all(isinstance(v, Mapping) for v in metrics.values()):
-        return pd.DataFrame.from_dict({k: dict(v) for k, v in metrics.items()}, orient="index")
-    cells = {k: (v if np.isscalar(v) or v is None else str(_jsonable(v))) for k, v in metrics.items()}
-    return pd.DataFrame({"value": pd.Series(cells, dtype=object)})
-
-
-def format_table(metrics: Mapping[str, Any], precision: int = 4) -> str:
-    """A fixed-width text table of ``metrics`` (see :func:`metrics_dataframe`) for logs and notebooks."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, (float, np.floating)):
-            return f"{float(v):.{precision}f}" if math.isfinite(v) else str(float(v))
-        return "-" if v is None else str(v)
-
-    df = metrics_dataframe(metrics)
-    if not len(df):
-        return "(no metrics)"
-    cellwise = df.map if hasattr(df, "map") else df.applymap  # pandas < 2.1 only has applymap
-    return cellwise(fmt).to_string()
-
-
-class MetricsTable:
-    """Rows of metrics collected during an evaluation (e.g. one per view, plus a mean), shown and saved together."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
-
-    def add(self, row: str, **metrics: Any) -> None:
-        """Add or update the metrics of ``row``."""
-        self.rows.setdefault(row, {}).update(metrics)
-
-    def mean(self) -> dict[str, float]:
-        """Mean of each numeric column over the finite values of the rows (an ``inf`` PSNR is left out).
-
-        Use ``table.add("mean", **table.mean())`` to append it as a row.
-        """
-        columns: dict[str, list[float]] = {}
-        for values in self.rows.values():
-            for k, v in values.items():
-                if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v):
-                    columns.setdefault(k, []).append(float(v))
-        return {k: float(np.mean(v)) for k, v in columns.items()}
-
-    def to_dataframe(self) -> "pandas.DataFrame":
-        return metrics_dataframe(self.rows)
-
-    def format(self, precision: int = 4) -> str:
-        return format_table(self.rows, precision)
-
-    def write_json(self, path: str | Path, key: str | None = None) -> dict[str, Any]:
-        """Merge the rows into the JSON file at ``path``, under ``key`` when given."""
-        return write_metrics_json(path, {key: self.rows} if key else self.rows)

@@ -6,19 +6,26 @@ Low in the module stack (numpy, PIL, imageio only) so that :func:`recon_kit.trai
 
 from __future__ import annotations
 
+
 import json
 import logging
 import os
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from recon_kit.io.video import write_gif, write_mp4
+from recon_kit.runs.folder import snapshot_key
+from recon_kit.runs.folder import snapshots
+
+
 
 log = logging.getLogger(__name__)
 
+
 GIF_NAME = "training.gif"
+
+
 MP4_NAME = "training.mp4"
 
 
@@ -27,21 +34,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def snapshot_key(path: Path) -> tuple[int, int] | None:
-    """``(pass number, iteration)`` of ``snapshots/pass<N>_<it>.png``; None for other files."""
-    m = re.fullmatch(r"pass(\d+)_(\d+)", path.stem)
-    return (int(m.group(1)), int(m.group(2))) if m and path.suffix.lower() == ".png" else None
-
-
-def snapshots(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The run's training snapshots in training order (pass, then iteration)."""
-    folder = Path(run_dir) / "snapshots"
-    if not folder.is_dir():
-        return []
-    keyed = [(snapshot_key(p), p) for p in folder.iterdir()]
-    return [p for k, p in sorted((k, p) for k, p in keyed if k is not None)]
 
 
 def _font(size: int):
@@ -68,10 +60,6 @@ def label_frame(image: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def _even(frame: np.ndarray) -> np.ndarray:
-    """Pad to even height and width (H.264 with yuv420p needs them)."""
-    h, w = frame.shape[:2]
-    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if (h % 2 or w % 2) else frame
 
 
 def training_animation(run_dir: str | os.PathLike[str], fps: float = 4.0, mp4: bool = True,
@@ -111,38 +99,7 @@ def training_animation(run_dir: str | os.PathLike[str], fps: float = 4.0, mp4: b
             arr = label_frame(arr, f"pass {n}  it {it}" + (f"/{total}" if total else ""))
         frames.append(arr)
 
-    gif = run_dir / GIF_NAME
-    tmp = run_dir / f".{GIF_NAME}.tmp"
-    step_ms = max(20, int(round(1000.0 / fps)))
-    durations = [step_ms] * len(frames)
-    durations[-1] += int(hold_last_s * 1000)
-    pil = [Image.fromarray(f) for f in frames]
-    try:
-        pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0,
-                    optimize=False, disposal=1)
-        os.replace(tmp, gif)
-    finally:
-        tmp.unlink(missing_ok=True)
+    gif = write_gif(run_dir / GIF_NAME, frames, fps=fps, hold_last_s=hold_last_s)
     if mp4:
-        _write_mp4(run_dir / MP4_NAME, frames, fps, hold_last_s)
+        write_mp4(run_dir / MP4_NAME, frames, fps, hold_last_s)
     return gif
-
-
-def _write_mp4(path: Path, frames: list[np.ndarray], fps: float, hold_last_s: float) -> Path | None:
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
-    try:
-        import imageio.v2 as imageio
-
-        extra = [frames[-1]] * int(round(hold_last_s * fps))
-        with imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error") as w:
-            for f in [*frames, *extra]:
-                w.append_data(_even(f))
-        os.replace(tmp, path)
-        return path
-    except Exception as err:  # noqa: BLE001 - no ffmpeg (or no H.264 encoder): the GIF is enough
-        warnings.warn(f"{path.name} not written ({type(err).__name__}: {err}); the GIF is", RuntimeWarning,
-                      stacklevel=3)
-        return None
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,39 +1,120 @@
-"""Load a finished run folder back, without the Trainer: mesh, textures, light, config, metrics and history.
+"""A run folder: train into it (:func:`new_trainer`, :func:`finish`, :func:`train_from_config`) and load a finished one
+back without the Trainer (:func:`load_run`: mesh, textures, light, config, metrics and history).
 
-A run folder (see :mod:`recon_kit.rundir` and :meth:`recon_kit.train.Trainer.export`) holds ``config.json``,
+A run folder (see :mod:`recon_kit.runs.folder` and :meth:`recon_kit.train.trainer.Trainer.export`) holds ``config.json``,
 ``metrics.json``, ``history.jsonl`` and ``mesh/`` (``mesh.obj`` + textures + ``probe.hdr``).
 :func:`load_run` reads them into a :class:`Run` that notebook 04 re-renders (:mod:`recon_kit.viz.turntable`),
-measures (:func:`mesh_facts`, :func:`evaluate_against_gt`) and shows (:func:`metrics_table`).
-Results are merged into the run's ``metrics.json`` (:func:`recon_kit.metrics.write_metrics_json`).
+measures (:func:`mesh_facts`, :func:`evaluate_against_gt`) and shows (:func:`recon_kit.runs.table.metrics_table`).
+Results are merged into the run's ``metrics.json`` (:func:`recon_kit.runs.folder.write_metrics_json`).
 
-(This module's name shadows the standard library's ``inspect`` only for code that puts ``recon_kit/`` itself on
-``sys.path``; the package always uses absolute imports.)
 """
 
 from __future__ import annotations
 
+
 import json
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .export import linear_to_srgb, load_obj_folder
-from .mesh import Mesh
+from recon_kit.config import ReconConfig, resolve
+from recon_kit.io.images import DataError
+from recon_kit.data.dataset import ViewSet, load_viewset
+from recon_kit.color import linear_to_srgb
+from recon_kit.render.envlight import EnvLight
+
+
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Any
+
+
+from recon_kit.io.meshfile import load_obj_folder
+from recon_kit.mesh import Mesh
+from recon_kit.train.trainer import Trainer
+from recon_kit.runs.folder import _read_history
+
+
+
+def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, resume: bool = False,
+                overwrite: bool = False) -> Trainer:
+    """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked."""
+    from recon_kit.runs.folder import RunDir, attach_package_log
+
+    if run_dir is None:
+        return Trainer(cfg, views, None)
+    rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume)
+    attach_package_log(rd.dir)  # log.txt: the package's log of this run (incl. the fitted mesh_scale)
+    trainer = Trainer(cfg, views, rd.dir)
+    if resume and trainer.resume():
+        saved = ReconConfig.load(rd.dir / "config.json") if (rd.dir / "config.json").exists() else None
+        if saved is not None and saved.to_dict() != cfg.to_dict():
+            log.warning("resuming %s with a config that differs from its config.json", rd.dir)
+    cfg.save(rd.dir / "config.json")
+    return trainer
+
+
+def train_from_config(config: str | Path | ReconConfig | None, dataset_dir: str | Path, run_dir: str | Path,
+                      overrides: dict | None = None, resume: bool = False, overwrite: bool = False,
+                      progress: bool = True) -> dict:
+    """Scripted run (the CLI's ``train``): load data, train both passes, export, evaluate, write metrics.json."""
+    cfg = resolve(config, overrides)
+    views = load_viewset(dataset_dir, resolution=cfg.data.resolution)
+    trainer = new_trainer(cfg, views, run_dir, resume=resume, overwrite=overwrite)
+    trainer.run(progress=progress)
+    return finish(trainer, dataset_dir)
+
+
+def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
+    """Export, evaluate on the training views (and held-out views when the dataset has them), write metrics."""
+    from recon_kit.runs.folder import write_metrics_json
+
+    exported = trainer.export()
+    if trainer.run_dir is not None:  # training.gif (+ .mp4) from the snapshots, before metrics.json marks the run done
+        try:
+            from recon_kit.runs.animation import training_animation
+
+            animation = training_animation(trainer.run_dir)
+            if animation is not None:
+                exported["animation"] = animation
+        except Exception as err:  # noqa: BLE001 - a convenience output never fails a finished run
+            import warnings
+
+            warnings.warn(f"training animation not written: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
+    result = {"iterations": {"pass1": trainer.cfg.pass1.iterations, "pass2": trainer.cfg.pass2.iterations},
+              "timings_s": dict(trainer.timings), "device": str(trainer.device), "backend": trainer.rast.name,
+              "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
+              "faces": trainer.fixed.mesh().num_faces}
+    result.update(trainer.evaluate(split="train"))
+    result["dataset_dir"] = str(Path(dataset_dir).resolve())
+    try:  # held-out views, when the dataset (or its <res>/ folder) has transforms_test.json
+        test_views = load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution, split="test")
+    except DataError:
+        test_views = None
+    if test_views is not None:
+        result.update(trainer.evaluate(test_views, split="test"))
+    if trainer.run_dir is not None:
+        write_metrics_json(trainer.run_dir / "metrics.json", result)
+    result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
+    return result
+
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "load_run", "mesh_facts", "evaluate_against_gt", "metrics_table", "flat_metrics",
+
+__all__ = ["Run", "load_run", "mesh_facts", "evaluate_against_gt", 
            "find_dataset_dir", "GT_KEYS"]
+
 
 #: Keys :func:`evaluate_against_gt` writes at the top level of metrics.json.
 GT_KEYS = ("chamfer_l1", "fscore", "precision", "recall", "normal_consistency", "fscore_threshold", "gt_diagonal",
            "gt_mesh")
+
+
 #: Largest cube face used when re-building the light from ``probe.hdr`` (the prefilters grow with R^2 on CPUs).
 MAX_LIGHT_RES = 128
 
@@ -42,8 +123,8 @@ MAX_LIGHT_RES = 128
 class Run:
     """A run folder read back: everything needed to re-render the exported mesh.
 
-    ``textures`` holds float32 arrays as :func:`recon_kit.export.load_obj_folder` returns them (``kd_linear``,
-    ``ks``, ``normal_ts``, ``probe_latlong``); ``light`` is the :class:`~recon_kit.light.EnvLight` rebuilt from
+    ``textures`` holds float32 arrays as :func:`recon_kit.io.meshfile.load_obj_folder` returns them (``kd_linear``,
+    ``ks``, ``normal_ts``, ``probe_latlong``); ``light`` is the :class:`~recon_kit.render.envlight.EnvLight` rebuilt from
     ``probe.hdr`` (None without a probe); ``config`` is the raw ``config.json`` dict.
     """
 
@@ -79,11 +160,11 @@ class Run:
         return np.round(np.clip(linear_to_srgb(np.clip(kd[..., :3], 0, 1)), 0, 1) * 255).astype(np.uint8)
 
     def material(self, device: str | torch.device = "cpu"):
-        """A :class:`~recon_kit.materials.TexturedMaterial` of the textures, with the run's value ranges."""
+        """A :class:`~recon_kit.model.materials.TexturedMaterial` of the textures, with the run's value ranges."""
         return textured_material(self.textures, self.config, device)
 
     def reload_metrics(self) -> dict:
-        from .metrics import read_metrics_json
+        from recon_kit.runs.folder import read_metrics_json
 
         self.metrics = read_metrics_json(self.metrics_path)
         return self.metrics
@@ -99,7 +180,7 @@ def textured_material(textures: Mapping[str, np.ndarray], config: Mapping | None
                       device: str | torch.device = "cpu"):
     """:meth:`TexturedMaterial.from_arrays` of loaded textures (kd's 4th coverage channel dropped; a missing map
     becomes a neutral constant: grey kd, ks (0, 0.5, 0), flat normal)."""
-    from .materials import TexturedMaterial
+    from recon_kit.model.materials import TexturedMaterial
 
     mat = dict((config or {}).get("material", {}))
     ranges = {k: mat[k] for k in ("kd_min", "kd_max", "ks_min", "ks_max") if k in mat}
@@ -122,19 +203,6 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _read_history(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
-                    log.warning("%s: skipping an unreadable line", path)
-    return rows
-
-
 def _light_res(config: Mapping, light_res: int | None) -> int:
     if light_res is not None:
         res = int(light_res)
@@ -145,9 +213,9 @@ def _light_res(config: Mapping, light_res: int | None) -> int:
 
 
 def light_from_latlong(latlong, res: int = 64, device: str | torch.device = "cpu"):
-    """An :class:`~recon_kit.light.EnvLight` of a lat-long HDR image ``[H,W,3]``, an HDR file path, or an
+    """An :class:`~recon_kit.render.envlight.EnvLight` of a lat-long HDR image ``[H,W,3]``, an HDR file path, or an
     EnvLight (returned as it is)."""
-    from .light import EnvLight, load_probe
+    from recon_kit.render.envlight import load_probe
 
     if isinstance(latlong, EnvLight):
         return latlong
@@ -173,7 +241,7 @@ def load_run(run_dir: str | Path, light_res: int | None = None, device: str | to
                                 "(train to the end in notebook 03, which calls train.finish)")
     mesh, textures = load_obj_folder(mesh_dir)
     config = _read_json(run_dir / "config.json")
-    from .metrics import read_metrics_json
+    from recon_kit.runs.folder import read_metrics_json
 
     metrics = read_metrics_json(run_dir / "metrics.json")
     history = _read_history(run_dir / "history.jsonl")
@@ -189,9 +257,10 @@ def _as_run(run: Run | str | Path) -> Run:
 
 
 def mesh_facts(run: Run | str | Path, write: bool = True) -> dict[str, Any]:
-    """:func:`recon_kit.metrics.mesh_stats` of the run's mesh and textures (probe left out); merged into
+    """:func:`recon_kit.evaluate.mesh_stats` of the run's mesh and textures (probe left out); merged into
     ``metrics.json`` under ``"mesh"`` when ``write``."""
-    from .metrics import mesh_stats, write_metrics_json
+    from recon_kit.evaluate import mesh_stats
+    from recon_kit.runs.folder import write_metrics_json
 
     run = _as_run(run)
     tex = {k: v for k, v in run.textures.items() if k != "probe_latlong"}
@@ -205,12 +274,13 @@ def evaluate_against_gt(run: Run | str | Path, gt_mesh_path: str | Path, n_point
                         threshold: float = 0.01, seed: int = 0, write: bool = True) -> dict[str, Any]:
     """Chamfer-L1, F-score (at ``threshold`` x the GT bounding-box diagonal), precision, recall and normal
     consistency of the run's mesh against the ground-truth mesh file (OBJ/GLB/PLY), by
-    :func:`recon_kit.metrics.chamfer_fscore`. Both meshes must be in the same world frame (the demo's
+    :func:`recon_kit.evaluate.chamfer_fscore`. Both meshes must be in the same world frame (the demo's
     ``gt_mesh.obj`` is). Merged into ``metrics.json`` at the top level (:data:`GT_KEYS`) when ``write``.
     """
     import trimesh
 
-    from .metrics import chamfer_fscore, to_trimesh, write_metrics_json
+    from recon_kit.evaluate import chamfer_fscore, to_trimesh
+    from recon_kit.runs.folder import write_metrics_json
 
     run = _as_run(run)
     gt_path = Path(gt_mesh_path)
@@ -224,42 +294,6 @@ def evaluate_against_gt(run: Run | str | Path, gt_mesh_path: str | Path, n_point
     if write:
         run.metrics = write_metrics_json(run.metrics_path, out)
     return out
-
-
-def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested metrics flattened to dotted keys; lists of per-view rows are summarised as a count."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flat_metrics(v, key + "."))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(r, Mapping) for r in v):
-            out[key] = f"{len(v)} rows"
-        elif isinstance(v, (list, tuple)):
-            out[key] = "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else str(list(v))
-        else:
-            out[key] = v
-    return out
-
-
-def metrics_table(run: Run | str | Path, keys: tuple[str, ...] | None = None, reload: bool = True):
-    """The run's metrics.json as a one-column pandas table (dotted keys for nested values)."""
-    import pandas as pd
-
-    run = _as_run(run)
-    metrics = run.reload_metrics() if reload else run.metrics
-    flat = flat_metrics(metrics)
-    if keys is not None:
-        flat = {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys)}
-
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.4g}" if math.isfinite(v) else str(v)
-        return "-" if v is None else v
-
-    df = pd.DataFrame({"value": pd.Series({k: fmt(v) for k, v in flat.items()}, dtype=object)})
-    df.index.name = "metric"
-    return df
 
 
 def find_dataset_dir(run: Run, hint: str | Path | None = "") -> Path | None:

@@ -1,0 +1,2 @@
+"""Run folders: folder (RunDir, the only reader/writer of a run folder), run (train into one / load a finished one),
+table (runs as a table), sweep (grids of runs), animation (training.gif), launch (torchrun), notebook (papermill)."""
