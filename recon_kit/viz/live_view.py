@@ -19,6 +19,7 @@ edges (from the rasteriser's barycentrics) and ``cameras`` the training cameras'
 
 from __future__ import annotations
 
+import copy
 import io
 import threading
 import time
@@ -265,8 +266,19 @@ class LiveView:
         return view
 
     def follow(self, trainer) -> "LiveView":
-        """Show ``trainer``'s current mesh, material and light (re-read at every frame)."""
-        self.scene = lambda: (trainer.current_mesh(), trainer._material_fn(), trainer.light, trainer.rast)
+        """Show ``trainer``'s current mesh, material and light (re-read at every frame).
+
+        The light is a shallow copy of the trainer's (the same ``base``, its own pre-integrated maps): the training
+        thread rebuilds the maps with gradients while this view renders from another thread, and the two must not
+        swap each other's build halfway (that ended training with "cannot register a hook")."""
+        lights: dict = {}
+
+        def light():
+            if lights.get("of") is not trainer.light:
+                lights.update(of=trainer.light, copy=copy.copy(trainer.light))
+            return lights["copy"]
+
+        self.scene = lambda: (trainer.current_mesh(), trainer._material_fn(), light(), trainer.rast)
         if not self.cameras:
             self.cameras = list(trainer.views.cameras)
             self.show_cameras.disabled = False
