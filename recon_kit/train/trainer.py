@@ -133,6 +133,12 @@ class Trainer:
     # ---- model construction -------------------------------------------------------------------------
     def _build_pass1(self) -> None:
         g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
+        if g.mesh_scale == "auto":
+            from recon_kit.autoscale import fit_mesh_scale
+
+            fit = fit_mesh_scale(self.views.cameras, self.views.mask)
+            log.info("%s", fit)
+            g.mesh_scale = fit.mesh_scale
         grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
         self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)
@@ -387,16 +393,20 @@ class Trainer:
         return fn
 
     # ---- running -------------------------------------------------------------------------------------
-    def run(self, iterations: int | None = None, progress: bool = True,
+    def run(self, iterations: int | None = None, progress: bool | str = True,
             callback: Callable[["Trainer", StepResult], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             before_step: Callable[["Trainer"], None] | None = None) -> "Trainer":
         """Run ``iterations`` steps (default: to the end of both passes) with a tqdm progress bar.
 
         ``before_step(trainer)`` runs before each step (the distributed loop does its collective pass switch
-        and reseeding there); ``callback(trainer, result)`` after it.
+        and reseeding there); ``callback(trainer, result)`` after it. ``progress="text"``: a plain-text bar even
+        in a kernel (papermill streams it; tqdm.auto would draw a widget nobody sees).
         """
-        from tqdm.auto import tqdm
+        if progress == "text":
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         remaining = self.total_iterations() - self.global_iteration()
         n = remaining if iterations is None else min(iterations, remaining)
