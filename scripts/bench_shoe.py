@@ -41,6 +41,7 @@ def run_one(args) -> dict:
 
     from recon_kit import config
     from recon_kit.data.dataset import load_viewset
+    from recon_kit.evaluate import fringe
     from recon_kit.runs.run import finish, new_trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -65,7 +66,7 @@ def run_one(args) -> dict:
     t3 = time.perf_counter()
     result = finish(tr, args.dataset)
     t_finish = time.perf_counter() - t3
-    fr = tr.fringe()
+    fr = fringe(tr.render_views, tr.views)
     iio.imwrite(out / "novel.png", (np.concatenate(list(fr.pop("fringe_images")), 1) * 255 + 0.5).astype(np.uint8))
     bench = {"variant": out.name, "overrides": parse_sets(args.set), "preset": args.preset,
              "device": torch.cuda.get_device_name(0) if cuda else "cpu",

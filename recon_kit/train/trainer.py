@@ -566,21 +566,6 @@ class Trainer:
         return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
 
     @torch.no_grad()
-    def fringe(self, n_views: int = 8, band_px: float = 3.0) -> dict:
-        """Fringe scores (:func:`recon_kit.evaluate.fringe_report`) of renders over black from ``n_views``
-        angles between the training views; ``fringe_images`` holds those renders (sRGB, 0-1)."""
-        cams = rk_evaluate.between_views(self.views.cameras[0], n_views)
-        size = (n_views, cams[0].height, cams[0].width)
-        novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
-        out = self.render_views(novel, background="black")
-        srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
-        photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
-        scale = cams[0].width / 1024
-        report = rk_evaluate.fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos,
-                                           self.views.mask.cpu().numpy(), band_px * scale)
-        return {**report, "fringe_images": srgb}
-
-    @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
         """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
         PSNR: sRGB, clamped, over the validation background; with depth maps, the depth residual (the depth
