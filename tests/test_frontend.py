@@ -63,3 +63,15 @@ def test_overrides_as_json_string():
 def test_new_run_path_is_fresh_and_timestamped():
     a, b = new_run_path(), new_run_path()
     assert a != b and a.parent.as_posix() == "outputs/runs" and not a.exists()
+
+
+def test_panel_exposes_the_real_capture_switches():
+    import ipywidgets as W
+
+    cfg = config.resolve("cpu-small")
+    panel = TrainingPanel(cfg, make_trainer=lambda c: None)
+    assert isinstance(panel.controls["cameras.refine"], W.Checkbox)
+    panel.controls["cameras.refine"].value = True
+    panel.controls["loss.edge_px"].value = 8.0
+    panel.controls["loss.depth_end"].value = 0.5
+    assert cfg.cameras.refine is True and cfg.loss.edge_px == 8.0 and cfg.loss.depth_end == 0.5

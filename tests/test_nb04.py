@@ -1,5 +1,6 @@
 """notebooks/04_inspect_mesh.ipynb: committed clean with typed parameters, and run with papermill on a tiny run
-trained on the CPU (metrics merged into metrics.json, turntable GIF and standalone viewer written)."""
+trained on the CPU with camera refinement on (metrics merged into metrics.json, turntable GIF and standalone viewer
+written, fringe strip, camera corrections and the before/after renders shown)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_nb04_on_a_tiny_run(tmp_path):
     ds = tmp_path / "data" / "64"
     cfg = config.resolve("cpu-small", {
         "pass1.iterations": 12, "pass2.iterations": 6, "data.resolution": 64, "geometry.grid_res": 32,
-        "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0})
+        "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0,
+        "cameras.refine": True, "cameras.start": 0.25, "loss.edge_px": 16.0})
     run_dir = tmp_path / "run"
     tr = rk_run.new_trainer(cfg, dataset.load_viewset(ds), run_dir)
     tr.run(progress=False)
@@ -56,6 +58,8 @@ def test_nb04_on_a_tiny_run(tmp_path):
     assert 0 <= m["fscore"] <= 1 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
     assert m["gt_mesh"] == str(ds / "gt_mesh.obj") and "train_psnr" in m
     assert m["mesh"]["faces"] == tr.fixed.mesh().num_faces and m["mesh"]["vertices"] > 0
+    assert 0 <= m["fringe"] <= 1 and 0 <= m["fringe_photos"] <= 1 and "written_psnr" in m
+    assert len(m["camera_corrections"]) == len(tr.views) and (run_dir / "cameras_corrected.json").is_file()
     html = (run_dir / "viewer.html").read_text()
     assert len(html) > 10_000 and "<html" in html.lower()
     frames = iio.imread(run_dir / "turntable.gif", index=None)
@@ -63,7 +67,9 @@ def test_nb04_on_a_tiny_run(tmp_path):
     executed = nbformat.read(out, as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3      # grid, textures, probe
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # fringes, before/after, grid, textures, probe
     assert any("image/gif" in o.get("data", {}) for o in outputs)
     text = "".join(o.get("text", "") for o in outputs)
     assert "chamfer_l1" in text and "comparison skipped" not in text
+    assert "fringe score" in text and "PSNR under the cameras as written" in text
+    assert any("rotation_deg" in o.get("data", {}).get("text/html", "") for o in outputs)  # the corrections table

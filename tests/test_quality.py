@@ -1,5 +1,7 @@
 """Quality techniques: per-view camera refinement, edge-aware colour weights, depth schedule, fringe score."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,51 @@ def test_training_with_refinement_edges_and_depth_schedule(dataset, tmp_path):
     assert np.isfinite(result["train_depth_residual"]) and 0 <= result["train_iou"] <= 1
     fr = metrics.fringe(tr.render_views, tr.views, n_views=2)
     assert 0 <= fr["fringe"] <= 1 and 0 <= fr["fringe_photos"] <= 1
+    _check_finish_records_quality(tr, dataset)
+
+
+def _check_finish_records_quality(tr, dataset):
+    """finish(): fringe score, camera corrections, PSNR as written in metrics.json; fringe.png and
+    cameras_corrected.json in the run folder; the dataset's own transforms.json untouched."""
+    import json
+
+    from PIL import Image
+
+    from recon_kit.io.transforms import load_cameras
+
+    source = (dataset / "transforms.json").read_bytes()
+    rk_run.finish(tr, dataset)
+    m = json.loads((tr.run_dir / "metrics.json").read_text())
+    assert 0 <= m["fringe"] <= 1 and 0 <= m["fringe_photos"] <= 1 and len(m["fringe_views"]) == 8
+    assert np.isfinite(m["written_psnr"]) and np.isfinite(m["train_psnr"])
+    rows = m["camera_corrections"]
+    assert [r["view"] for r in rows] == tr.views.names
+    assert all(np.isfinite(r[k]) for r in rows for k in ("rotation_deg", "translation", "zoom_pct", "shift_px"))
+    assert max(abs(r["zoom_pct"]) for r in rows) > 0
+    strip = np.asarray(Image.open(tr.run_dir / "fringe.png"))
+    assert strip.shape == (64, 8 * 64, 3)
+    written = tr.run_dir / "cameras_corrected.json"
+    cams = load_cameras(written, tr.views.names, 64, 64)
+    refined = tr.refined_views().cameras
+    for a, b in zip(cams, refined):
+        assert np.allclose(a.c2w, b.c2w, atol=1e-9) and np.allclose([a.fx, a.fy, a.cx, a.cy], [b.fx, b.fy, b.cx, b.cy])
+    frames = json.loads(written.read_text())["frames"]
+    assert all(Path(f["file_path"]).is_file() for f in frames)
+    assert (dataset / "transforms.json").read_bytes() == source
+
+
+def test_finish_without_refinement_scores_fringes_only(dataset, tmp_path):
+    import json
+
+    cfg = config.resolve("cpu-small", {
+        "pass1.iterations": 4, "pass2.iterations": 2, "data.resolution": 64, "geometry.grid_res": 32,
+        "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0})
+    tr = rk_run.new_trainer(cfg, rk_dataset.load_viewset(dataset), tmp_path / "run")
+    tr.run(progress=False)
+    rk_run.finish(tr, dataset)
+    m = json.loads((tr.run_dir / "metrics.json").read_text())
+    assert 0 <= m["fringe"] <= 1 and "camera_corrections" not in m and "written_psnr" not in m
+    assert (tr.run_dir / "fringe.png").is_file() and not (tr.run_dir / "cameras_corrected.json").exists()
 
 
 def test_camera_config_is_validated():

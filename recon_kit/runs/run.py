@@ -113,6 +113,7 @@ def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
               "final_loss": trainer.history[-1]["total"] if trainer.history else math.nan,
               "faces": trainer.fixed.mesh().num_faces}
     result.update(trainer.evaluate(split="train"))
+    result.update(quality_outputs(trainer))
     result["dataset_dir"] = str(Path(dataset_dir).resolve())
     try:  # held-out views, when the dataset (or its <res>/ folder) has transforms_test.json
         test_views = load_viewset(dataset_dir, resolution=trainer.cfg.data.resolution, split="test")
@@ -124,6 +125,56 @@ def finish(trainer: Trainer, dataset_dir: str | Path) -> dict:
         write_metrics_json(trainer.run_dir / "metrics.json", result)
     result["exported"] = {k: str(v) for k, v in exported.items() if k != "files"}
     return result
+
+
+#: Files :func:`quality_outputs` writes into the run folder.
+FRINGE_PNG, CORRECTED_CAMERAS = "fringe.png", "cameras_corrected.json"
+
+
+@torch.no_grad()
+def quality_outputs(trainer: Trainer) -> dict:
+    """The fringe score of the trained model (:func:`recon_kit.evaluate.fringe`: ``fringe``, ``fringe_photos``,
+    ``fringe_views``) and, with camera refinement on, the per-view corrections (``camera_corrections``: the
+    :meth:`CameraRefiner.report` rows) and ``written_psnr``, the training-view PSNR under the cameras as written.
+
+    In the run folder: ``fringe.png`` (the novel views side by side, over black) and, with refinement,
+    ``cameras_corrected.json`` (the refined cameras in transforms.json format, sized like the dataset's images,
+    absolute image paths; the user's files are never touched).
+    """
+    from recon_kit.evaluate import fringe
+
+    fr = fringe(trainer.render_views, trainer.views)
+    out = {k: fr[k] for k in ("fringe", "fringe_photos", "fringe_views")}
+    if trainer.run_dir is not None:
+        from PIL import Image
+
+        strip = np.concatenate(list(fr["fringe_images"]), axis=1)
+        Image.fromarray((np.clip(strip, 0, 1) * 255 + 0.5).astype(np.uint8)).save(trainer.run_dir / FRINGE_PNG)
+    if trainer.cam_refiner is None:
+        return out
+    views = trainer.views
+    out["camera_corrections"] = trainer.cam_refiner.report(views.names, views.width)
+    out["written_psnr"] = trainer.evaluate(views, split="written")["written_psnr"]
+    if trainer.run_dir is not None:
+        write_camera_file(trainer.cam_refiner.cameras(views.cameras), trainer.run_dir / CORRECTED_CAMERAS)
+    return out
+
+
+def write_camera_file(cameras: list, path: str | Path) -> Path:
+    """``cameras`` (each with ``meta["file_path"]`` as :func:`recon_kit.io.transforms.read_transforms` sets it)
+    as a transforms.json at ``path``, resized to their image files' sizes, with absolute image paths."""
+    from recon_kit.io.images import image_size
+    from recon_kit.io.transforms import dump_json, transforms_dict
+
+    files = [Path(c.meta["file_path"]).resolve() for c in cameras]
+    sized = [c.resized(*image_size(f)) for c, f in zip(cameras, files)]
+    depths = [str(Path(c.meta["depth_file_path"]).resolve()) if c.meta.get("depth_file_path") else None
+              for c in cameras]
+    meta = transforms_dict(sized, [str(f) for f in files], depths,
+                           extra={"recon_kit": {"cameras": "refined during training"}})
+    path = Path(path)
+    path.write_text(dump_json(meta), encoding="utf-8")
+    return path
 
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from recon_kit.mesh import Mesh
 from recon_kit.render import get_rasterizer, make_background, render_mesh
 
 __all__ = ["turntable", "render_cameras", "orbit_cameras", "comparison_grid",
-           "comparison_images", "texture_panel", "probe_panel", "frames_strip"]
+           "comparison_images", "texture_panel", "probe_panel", "frames_strip", "camera_correction_grid"]
 
 #: Views rendered in one batch (bounds the PyTorch rasteriser's memory at larger resolutions).
 BATCH = 8
@@ -199,6 +199,39 @@ def comparison_grid(source: Any, views: ViewSet | str | Path, max_views: int = 4
             ax.set_axis_off()
     if im is not None:
         fig.colorbar(im, ax=axes[:, 2].tolist(), shrink=0.8, label="mean |sRGB difference|")
+    return fig
+
+
+def camera_correction_grid(run: Any, views: ViewSet | str | Path, max_views: int = 4, max_size: int = 256,
+                           cell: float = 2.6, device: str | torch.device = "cpu") -> Figure | None:
+    """One row per view: photo | render under the cameras as written | render under the refined cameras (the
+    run's ``cameras_corrected.json``, written by :func:`recon_kit.runs.run.finish` when ``cameras.refine`` was
+    on), each render titled with its PSNR. None when the run has no corrected cameras."""
+    from recon_kit.io.transforms import load_cameras
+
+    run = rk_run.load_run(run, device=device) if isinstance(run, (str, Path)) else run
+    path = run.run_dir / rk_run.CORRECTED_CAMERAS
+    if not path.is_file():
+        return None
+    if isinstance(views, (str, Path)):
+        from recon_kit.data.dataset import load_viewset
+
+        views = load_viewset(views, resolution=run.resolution)
+    refined = load_cameras(path, views.names, views.width, views.height)
+    written = comparison_images(run, views, max_views, max_size, device=device)
+    fixed = comparison_images(run, ViewSet(views.names, refined, views.rgb_linear, views.mask, views.depth),
+                              max_views, max_size, device=device)
+    rows = len(written["names"])
+    fig = Figure(figsize=(3 * cell, cell * rows), layout="constrained")
+    axes = fig.subplots(rows, 3, squeeze=False)
+    for r in range(rows):
+        cells = ((written["reference"][r], f"{written['names'][r]}: photo"),
+                 (written["render"][r], f"as written  {written['psnr'][r]:.1f} dB"),
+                 (fixed["render"][r], f"as refined  {fixed['psnr'][r]:.1f} dB"))
+        for ax, (image, title) in zip(axes[r], cells):
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
     return fig
 
 

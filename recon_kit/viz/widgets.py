@@ -20,7 +20,7 @@ from recon_kit.viz.frontend import ErrorLine
 #: Config keys a running trainer picks up at its next step.
 LIVE = ("pass1.lr_pos", "pass1.lr_mat", "pass2.lr_pos", "pass2.lr_mat", "loss.coverage", "loss.kd_smooth",
         "loss.occlusion", "loss.light_reg", "loss.depth", "geometry.laplace_scale", "geometry.sdf_regularizer",
-        "pass1.batch", "pass2.batch")
+        "pass1.batch", "pass2.batch", "loss.depth_end")
 
 #: (key, kind, min, max, step) of the sliders and fields the panel shows.
 CONTROLS = (
@@ -31,7 +31,8 @@ CONTROLS = (
     ("geometry.laplace_scale", "float", 0.0, 20000.0, 100.0), ("data.resolution", "int", 32, 2048, 32),
     ("pass1.batch", "int", 1, 16, 1), ("pass2.batch", "int", 1, 16, 1),
     ("loss.coverage", "float", 0.0, 10.0, 0.1), ("loss.kd_smooth", "float", 0.0, 1.0, 0.01),
-    ("loss.depth", "float", 0.0, 10.0, 0.1),
+    ("loss.depth", "float", 0.0, 10.0, 0.1), ("loss.depth_end", "float", 0.0, 1.0, 0.05),
+    ("loss.edge_px", "float", 0.0, 32.0, 0.5), ("cameras.refine", "bool", 0, 1, 1),
 )
 
 
@@ -118,6 +119,8 @@ class TrainingPanel:
             style = {"description_width": "160px"}
             if key in AUTO_OR_NUMBER:  # "auto" or a number, typed
                 w = W.Text(value=str(value), description=desc, style=style, continuous_update=False)
+            elif kind == "bool":
+                w = W.Checkbox(value=bool(value), description=desc, style=style, indent=False)
             elif kind == "int":
                 w = W.IntSlider(value=value, min=lo, max=max(hi, value), step=step, description=desc, style=style,
                                 continuous_update=False)
