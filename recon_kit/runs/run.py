@@ -2,7 +2,8 @@
 back without the Trainer (:func:`load_run`: mesh, textures, light, config, metrics and history).
 
 A run folder (see :mod:`recon_kit.runs.folder` and :meth:`recon_kit.train.trainer.Trainer.export`) holds ``config.json``,
-``metrics.json``, ``history.jsonl`` and ``mesh/`` (``mesh.obj`` + textures + ``probe.hdr``).
+``metrics.json``, ``history.jsonl`` and ``mesh/`` (``mesh.obj`` + textures + ``probe.hdr``); :func:`finish` adds
+``fringe.png`` and, with ``cameras.refine``, ``cameras_corrected.json`` (:func:`quality_outputs`).
 :func:`load_run` reads them into a :class:`Run` that notebook 04 re-renders (:mod:`recon_kit.viz.turntable`),
 measures (:func:`mesh_facts`, :func:`evaluate_against_gt`) and shows (:func:`recon_kit.runs.table.metrics_table`).
 Results are merged into the run's ``metrics.json`` (:func:`recon_kit.runs.folder.write_metrics_json`).
