@@ -31,7 +31,7 @@ class DataConfig:
 class GeometryConfig:
     grid_res: int = 64             # nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis
     mesh_scale: float = 2.1        # side of the cube the grid spans, centred at the origin
-    init: str = "hull"             # hull (visual hull of the masks), sphere, random (nvdiffrec)
+    init: str = "hull"             # hull (visual hull of the masks), depth (depth maps fused with the hull), sphere, random
     hull_res: int = 96             # voxels per axis for the visual hull
     sdf_regularizer: float = 0.2   # initial weight of the SDF sign-flip regulariser (decays to 0.01)
     laplace_scale: float = 3000.0  # pass-2 Laplacian weight (relative mode), decays linearly to 0
@@ -135,7 +135,8 @@ class ReconConfig:
              "data.train_background must be random, white or black"),
             (self.geometry.grid_res >= 8 and self.geometry.grid_res % 2 == 0, "geometry.grid_res must be even and >= 8"),
             (self.geometry.mesh_scale > 0, "geometry.mesh_scale must be > 0"),
-            (self.geometry.init in ("hull", "sphere", "random"), "geometry.init must be hull, sphere or random"),
+            (self.geometry.init in ("hull", "depth", "sphere", "random"),
+             "geometry.init must be hull, depth, sphere or random"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
             (all(len(x) == 3 for x in (self.material.kd_min, self.material.kd_max, self.material.ks_min,
                                        self.material.ks_max)), "material kd/ks ranges need 3 values each"),

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .cameras import AXIS_VIEWS, Camera, axis_rig_c2w, focal_from_fov
+from .holes import MAX_SPECK_FRACTION, fill_small_holes
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 MaskSource = Literal["depth", "alpha", "background"]
@@ -160,12 +161,14 @@ def resize_area(a: np.ndarray, width: int, height: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- masks
 
 
-def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, fill_holes: bool = True
-               ) -> np.ndarray:
-    """Remove specks and holes from a boolean mask.
+def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, fill_holes: bool = True,
+               max_hole: float | None = MAX_SPECK_FRACTION) -> np.ndarray:
+    """Remove specks and speck holes from a boolean mask.
 
     ``opening`` iterations of a 3x3 binary opening drop specks and 1-2 pixel threads; connected components
-    smaller than ``min_component`` times the largest one are dropped; ``fill_holes`` fills enclosed holes.
+    smaller than ``min_component`` times the largest one are dropped; ``fill_holes`` fills enclosed holes up to
+    ``max_hole`` of the mask's area (larger ones are real openings and kept; ``None`` fills all), see
+    :func:`recon_kit.holes.fill_small_holes`.
     """
     m = np.asarray(mask, dtype=bool)
     if opening > 0:
@@ -177,7 +180,7 @@ def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, 
             sizes[0] = 0
             m = (sizes >= min_component * sizes.max())[labels]
     if fill_holes:
-        m = ndi.binary_fill_holes(m)
+        m = fill_small_holes(m, max_hole)
     return m
 
 
@@ -510,7 +513,7 @@ def compute_masks(capture: Capture, source: MaskSource = "depth", *, background=
 
     ``"depth"``: ``depth > 0``; ``"alpha"``: the photo's alpha channel; ``"background"``: pixels away from the
     (estimated or given) background colour, see :func:`mask_from_background`. Depth maps, when present, always
-    lose specks and get holes filled (:func:`clean_depth`), so ``depth > 0`` stays a clean mask.
+    lose specks and get speck holes filled (:func:`clean_depth`), so ``depth > 0`` stays a clean mask.
     """
     clean = dict(opening=opening, min_component=min_component)
     views = []

@@ -176,7 +176,15 @@ class Trainer:
                                     generator=None).to(self.device)
         if g.init == "random":
             self.dmtet.init_sdf("random", generator=self.generator)
-        if g.init == "hull":
+        if g.init == "depth" and self.views.depth is None:
+            log.warning("geometry.init='depth' needs depth maps and this dataset has none; starting from the visual "
+                        "hull instead (prepare the capture with its depth_renders/, or set geometry.init='hull')")
+        if g.init == "depth" and self.views.depth is not None:
+            from .fusion import fuse_viewset
+
+            fused = fuse_viewset(self.views, g.mesh_scale, res=g.hull_res)
+            self.dmtet.init_sdf_from_occupancy(fused.occupancy_fn, truncation=3.0)
+        elif g.init in ("hull", "depth"):
             carved = hull.carve(self.views.cameras, self.views.mask, bounds=g.mesh_scale, res=g.hull_res,
                                 device=self.device)
             self.dmtet.init_sdf_from_occupancy(carved.occupancy_fn, truncation=3.0)
