@@ -56,7 +56,8 @@ class BenchSettings:
 
 
 def object_mesh(name: str, shared_dir: str | Path | None = None, radius: float = 0.8) -> tuple[Mesh, np.ndarray]:
-    """The textured GT mesh (centred, half-extent ``radius``, front towards +z) and its kd texture (sRGB uint8)."""
+    """The textured GT mesh (centred, half-extent ``radius``; spot turned to face +z, bob as stored) and its kd
+    texture (sRGB uint8)."""
     from PIL import Image
 
     if name == "demo":
