@@ -56,27 +56,27 @@ class BenchSettings:
 
 
 def object_mesh(name: str, shared_dir: str | Path | None = None, radius: float = 0.8) -> tuple[Mesh, np.ndarray]:
-    """The textured GT mesh (centred, half-extent ``radius``; spot turned to face +z, bob as stored) and its kd
-    texture (sRGB uint8)."""
+    """The textured GT mesh of ``demo`` or ``bob`` (centred, half-extent ``radius``) and its kd texture (sRGB
+    uint8); spot is rendered by :func:`recon_kit.synth.spot_capture`, which also turns it to face +z."""
     from PIL import Image
 
     if name == "demo":
         return synth.demo_object(radius=radius)
-    root = Path(shared_dir) if shared_dir is not None else synth.SHARED_DIR
-    files = {"spot": ("spot", "spot.obj", "spot_texture.png", 180.0), "bob": ("bob", "bob_tri.obj", "bob_diffuse.png", 0.0)}
-    if name not in files:
-        raise ValueError(f"unknown benchmark object {name!r}; objects: {', '.join(OBJECTS)}")
-    folder, obj, tex, yaw = files[name]
-    path = root / "assets" / folder / obj
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass --shared (the folder holding assets/) or bench 'demo' only")
+    if name != "bob":
+        raise ValueError(f"object_mesh knows demo and bob, got {name!r}; benchmark objects: {', '.join(OBJECTS)}")
+    path = _asset_dir(shared_dir, name) / "bob_tri.obj"
     mesh, kd = load_mesh(path)
     if kd is None:
-        kd = np.asarray(Image.open(path.parent / tex).convert("RGB"))
-    a = math.radians(yaw)
-    rot = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
-    v_pos, _, _ = normalize_to_unit(mesh.v_pos @ rot.T, radius)
+        kd = np.asarray(Image.open(path.parent / "bob_diffuse.png").convert("RGB"))
+    v_pos, _, _ = normalize_to_unit(mesh.v_pos, radius)
     return mesh.with_positions(v_pos), kd
+
+
+def _asset_dir(shared_dir: str | Path | None, name: str) -> Path:
+    folder = (Path(shared_dir) if shared_dir is not None else synth.SHARED_DIR) / "assets" / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} not found; pass --shared (the folder holding assets/) or bench 'demo' only")
+    return folder
 
 
 def render_object(name: str, folder: str | Path, res: int, n_test: int = 24, seed: int = 0, device: str = "cpu",
@@ -85,10 +85,15 @@ def render_object(name: str, folder: str | Path, res: int, n_test: int = 24, see
     prepared dataset folder (both steps are skipped when their outputs exist, so reruns reuse the capture)."""
     folder = Path(folder)
     cap = folder / "capture"
+    if name not in OBJECTS:
+        raise ValueError(f"unknown benchmark object {name!r}; objects: {', '.join(OBJECTS)}")
     if not (cap / "multi_views").is_dir():
-        mesh, kd = object_mesh(name, shared_dir)
-        synth.render_capture(mesh, kd, cap, resolution=res, depth_resolution=max(16, res // 2), n_test=n_test,
-                             seed=seed, device=device, overwrite=True)
+        kw = dict(resolution=res, depth_resolution=max(16, res // 2), n_test=n_test, seed=seed, device=device,
+                  overwrite=True)
+        if name == "spot":
+            synth.spot_capture(cap, spot_dir=_asset_dir(shared_dir, "spot"), **kw)
+        else:
+            synth.render_capture(*object_mesh(name, shared_dir), cap, **kw)
     dataset = folder / "data" / str(res)
     if not (dataset / "transforms.json").is_file():
         data.prepare_dataset(cap, folder / "data", [res], progress=False)

@@ -18,6 +18,7 @@ the depth baseline of the quality benchmark.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -29,6 +30,8 @@ import trimesh
 from .cameras import Camera
 from .geometry import TetGrid, marching_tets
 from .hull import HullGrid, as_mask_tensor, carve, fit_camera, grid_points, project_depth, project_points
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,8 @@ def fuse_depth(cameras: Sequence[Camera], masks, depths, bounds=(-1.0, 1.0), res
     if d.ndim != 3 or d.shape[0] != len(cameras):
         raise ValueError(f"depths must be [N,H,W] with N = {len(cameras)} cameras, got {tuple(d.shape)}")
     metric, fits = metric_depths(cameras, d, hull, names)
+    log.info("depth fits against the hull (scale, shift, residual): %s", ", ".join(
+        f"{f.name} {f.scale:.4g} {f.shift:.4g} {f.residual:.3g}" for f in fits if f.ok))
     trunc = float(truncation) * float(hull.voxel_size.max())
     pts = grid_points(hull.bounds, res, device)
     tsdf_sum = torch.zeros(pts.shape[0], device=device)
