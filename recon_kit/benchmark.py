@@ -108,21 +108,21 @@ def geometry_scores(mesh_path: str | Path, gt_path: str | Path, n_points: int) -
 
 
 def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_scale: float, res: int = 96,
-              n_points: int = 50_000) -> dict[str, dict]:
+              n_points: int = 50_000, device: str = "cpu") -> dict[str, dict]:
     """Score the visual hull of the masks and the fused depth maps of a prepared dataset against the GT;
     their meshes are written to ``out/hull.obj`` and ``out/fused_depth.obj``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    views = data.load_viewset(dataset)
+    views = data.load_viewset(dataset, device=device)
     t0 = time.perf_counter()
-    carved = hull.carve(views.cameras, views.mask, bounds=mesh_scale, res=res)
-    meshes = {"hull": fusion.occupancy_mesh(carved.occupancy_fn, carved.bounds, res - 1)}
+    carved = hull.carve(views.cameras, views.mask, bounds=mesh_scale, res=res, device=device)
+    meshes = {"hull": fusion.occupancy_mesh(carved.occupancy_fn, carved.bounds, res - 1, device=device)}
     t_hull = time.perf_counter() - t0
     rows: dict[str, dict] = {}
     if views.depth is not None:
         t0 = time.perf_counter()
         fused = fusion.fuse_viewset(views, mesh_scale, res=res)
-        meshes["fused_depth"] = fused.to_mesh()
+        meshes["fused_depth"] = fusion.occupancy_mesh(fused.occupancy_fn, fused.bounds, res - 1, device=device)
         t_fused = time.perf_counter() - t0
         (out / "depth_fits.json").write_text(json.dumps([f.to_dict() for f in fused.fits], indent=2))
     for name, mesh in meshes.items():
@@ -156,7 +156,7 @@ def bench_object(name: str, out: str | Path, settings: BenchSettings, shared_dir
     gt_path = folder / "capture" / "gt_mesh.obj"
     cfg = resolve(settings.preset, {"data.resolution": settings.res, **settings.overrides})
     rows = list(baselines(dataset, gt_path, folder / "baselines", cfg.geometry.mesh_scale, settings.baseline_res,
-                          settings.n_points).values())
+                          settings.n_points, settings.device).values())
     if settings.reconstruct:
         for init in settings.inits:
             rows.append(reconstruct(dataset, gt_path, folder / f"run_{init}", settings, init))

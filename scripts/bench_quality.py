@@ -11,8 +11,9 @@ CPU, small (what docs/benchmarks.md "Quality benchmark" reports; CI runs a tinie
 GPU (the issue's settings; objects in parallel on one GPU):
 
     python scripts/bench_quality.py synth --objects spot bob demo --res 512 --preset gpu-default \\
-        --set data.resolution=512 --set pass1.iterations=2000 --set pass2.iterations=1500 \\
-        --inits hull depth --baseline-res 160 --device cuda --jobs 3 --out $OUT/q
+        --iterations 2000 1500 --inits hull depth --baseline-res 192 --device cuda --jobs 3 --out $OUT/q
+
+(--res sets data.resolution; add --set key=value for the lead's trainer switches, e.g. --set loss.depth=0.3.)
 
 spot and bob are read from ../shared/assets (--shared to point elsewhere); demo needs no files.
 """
