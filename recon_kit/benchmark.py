@@ -88,8 +88,8 @@ def render_object(name: str, folder: str | Path, res: int, n_test: int = 24, see
     if name not in OBJECTS:
         raise ValueError(f"unknown benchmark object {name!r}; objects: {', '.join(OBJECTS)}")
     if not (cap / "multi_views").is_dir():
-        kw = dict(resolution=res, depth_resolution=max(16, res // 2), n_test=n_test, seed=seed, device=device,
-                  overwrite=True)
+        kw = {"resolution": res, "depth_resolution": max(16, res // 2), "n_test": n_test, "seed": seed,
+              "device": device, "overwrite": True}
         if name == "spot":
             synth.spot_capture(cap, spot_dir=_asset_dir(shared_dir, "spot"), **kw)
         else:
@@ -129,7 +129,7 @@ def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_sc
         path = out / f"{name}.obj"
         mesh.export(path)
         rows[name] = {"method": name, **geometry_scores(path, gt_path, n_points),
-                      "seconds": t_hull if name == "hull" else t_fused, "faces": int(len(mesh.faces))}
+                      "seconds": t_hull if name == "hull" else t_fused, "faces": len(mesh.faces)}
     return rows
 
 
@@ -206,8 +206,9 @@ def markdown_table(rows: list[dict]) -> str:
     def fmt(v, digits):
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
-    lines = ["| object | method | Chamfer-L1 (% diag) | F-score@1% | precision | recall | normal cons. | "
-             "held-out PSNR | held-out SSIM | held-out IoU | time (s) |", "|---" * 11 + "|"]
+    header = ("| object | method | Chamfer-L1 (% diag) | F-score@1% | precision | recall | normal cons. | "
+              "held-out PSNR | held-out SSIM | held-out IoU | time (s) |")
+    lines = [header, "|---" * 11 + "|"]
     for r in rows:
         lines.append(f"| {r['object']} | {r['method']} | {fmt(r['chamfer_l1_pct'], 3)} | {fmt(r['fscore'], 3)} | "
                      f"{fmt(r['precision'], 3)} | {fmt(r['recall'], 3)} | {fmt(r['normal_consistency'], 3)} | "

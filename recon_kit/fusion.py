@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,15 @@ import trimesh
 
 from .cameras import Camera
 from .geometry import TetGrid, marching_tets
-from .hull import HullGrid, as_mask_tensor, carve, fit_camera, grid_points, project_depth, project_points
+from .hull import (
+    HullGrid,
+    as_mask_tensor,
+    carve,
+    fit_camera,
+    grid_points,
+    project_depth,
+    project_points,
+)
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from recon_kit import benchmark  # noqa: E402
+from recon_kit import benchmark
 
 
 def parse_set(items: list[str]) -> dict:
