@@ -3,7 +3,7 @@
 #   make venv     .venv with the package (editable) + dev tools; CPU torch wheel via constraints-cpu.txt
 #   make kernel   make sure the `python3` Jupyter kernel runs the venv's interpreter
 #   make demo     notebooks 01..04 on the built-in demo object -> outputs/demo/ (replaced each time)
-#   make test     pytest -m "not gpu" (browser tests run when /usr/bin/chromium exists)
+#   make test     lint-imports (layer contract in .importlinter), then pytest -m "not gpu" (browser tests need chromium)
 #   make lab      JupyterLab on notebooks/
 #   make strip    remove outputs/execution counts from notebooks/*.ipynb (nbstripout)
 #
@@ -51,6 +51,7 @@ demo: $(STAMP)
 	$(PY) -m recon_kit.cli demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	@echo 'OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "$(PYTEST_MARK)" --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)'
 	@rc=0; OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "$(PYTEST_MARK)" --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS) || rc=$$?; \
 	if [ -n "$(PYTEST_RC_FILE)" ]; then echo $$rc > "$(PYTEST_RC_FILE)"; fi; \

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .mesh import Mesh, vertex_normals, vertex_tangents
+from recon_kit.mesh import Mesh, vertex_normals, vertex_tangents
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def uv_unwrap(mesh: Mesh, max_faces: int | None = None, texture_res: int = 1024,
     ``texture_res``/``padding`` guide xatlas' packing (chart spacing in texels; xatlas picks the exact atlas
     size). xatlas' uv (0,0) is the first row of its atlas images, the kit's convention, so no flip is applied.
     Raises ValueError when the mesh has more than ``max_faces`` faces: xatlas time grows quickly with the face
-    count, so decimate first (``recon_kit.geometry.simplify``).
+    count, so decimate first (``recon_kit.mesh.simplify``).
     """
     import xatlas
 
@@ -42,7 +42,7 @@ def uv_unwrap(mesh: Mesh, max_faces: int | None = None, texture_res: int = 1024,
         raise ValueError("cannot unwrap a mesh without faces")
     if max_faces is not None and n_faces > max_faces:
         raise ValueError(f"the mesh has {n_faces} faces, more than max_faces={max_faces}; decimate it first "
-                         "(recon_kit.geometry.simplify) - xatlas gets slow on large meshes")
+                         "(recon_kit.mesh.simplify) - xatlas gets slow on large meshes")
     t0 = time.perf_counter()
     atlas = xatlas.Atlas()
     atlas.add_mesh(mesh.v_pos.detach().float().cpu().numpy(), mesh.t_pos_idx.cpu().numpy().astype(np.uint32))

@@ -13,7 +13,7 @@ Convention (the only one used in the kit):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -185,3 +185,76 @@ def stack_matrices(cameras: list[Camera], device=None, dtype=torch.float32) -> d
     w2c = torch.tensor(np.stack([c.w2c() for c in cameras]), dtype=dtype, device=device)
     campos = torch.tensor(np.stack([c.position for c in cameras]), dtype=dtype, device=device)
     return {"mvp": mvp, "w2c": w2c, "campos": campos}
+
+
+_FLIP_Y = np.diag([1.0, -1.0])
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A symmetry of the image square as a pose correction ``c2w @ matrix`` (``matrix`` acts on camera x, y)."""
+
+    name: str
+    matrix: np.ndarray
+    image_op: str
+
+    @property
+    def is_mirror(self) -> bool:
+        return bool(np.linalg.det(self.matrix) < 0)
+
+    @property
+    def pixel_map(self) -> np.ndarray:
+        """2x2 map of centred pixel coordinates (x right, y down) taking the image to the one ``c2w`` expects."""
+        a = self.matrix[:2, :2]
+        return _FLIP_Y @ a @ _FLIP_Y
+
+
+def _correction(name: str, a: list[list[int]], image_op: str) -> Correction:
+    m = np.eye(3)
+    m[:2, :2] = np.array(a, dtype=np.float64)
+    return Correction(name, m, image_op)
+
+
+def corrections() -> list[Correction]:
+    """The 8 candidate corrections, identity first; "roll +90" turns the camera +90 deg about its z axis."""
+    return [
+        _correction("identity", [[1, 0], [0, 1]], "nothing"),
+        _correction("roll +90", [[0, -1], [1, 0]], "rotate the image 90 deg counter-clockwise (np.rot90(img, 1))"),
+        _correction("roll 180", [[-1, 0], [0, -1]], "rotate the image 180 deg (np.rot90(img, 2))"),
+        _correction("roll -90", [[0, 1], [-1, 0]], "rotate the image 90 deg clockwise (np.rot90(img, -1))"),
+        _correction("mirror x", [[-1, 0], [0, 1]], "flip the image left-right (img[:, ::-1])"),
+        _correction("mirror y", [[1, 0], [0, -1]], "flip the image top-bottom (img[::-1])"),
+        _correction("swap x y", [[0, 1], [1, 0]], "transpose the image about its anti-diagonal "
+                                                    "(np.rot90(img, 2).swapaxes(0, 1))"),
+        _correction("swap x -y", [[0, -1], [-1, 0]], "transpose the image (img.swapaxes(0, 1))"),
+    ]
+
+
+def apply_pixel_map(image: torch.Tensor, pixel_map: np.ndarray) -> torch.Tensor:
+    """Resample a square image ``[..., S, S]`` so that ``out(P p) = image(p)`` for centred pixel coordinates ``p``.
+
+    With ``P = Correction.pixel_map`` this turns an image into the one the uncorrected pose expects; with its
+    transpose it turns the silhouette seen by ``c2w`` into the one seen by ``c2w @ T``.
+    """
+    h, w = image.shape[-2:]
+    if h != w:
+        raise ValueError(f"pixel maps need square images, got {w}x{h}")
+    p_inv = np.round(pixel_map.T).astype(np.int64)
+    c2 = torch.arange(w, device=image.device) * 2 - (w - 1)
+    vv, uu = torch.meshgrid(c2, c2, indexing="ij")
+    su = p_inv[0, 0] * uu + p_inv[0, 1] * vv
+    sv = p_inv[1, 0] * uu + p_inv[1, 1] * vv
+    return image[..., (sv + (w - 1)) // 2, (su + (w - 1)) // 2]
+
+
+def can_use_pixel_map(camera: Camera) -> bool:
+    """True when rolls/mirrors of the camera map its pixel grid onto itself (square, centred, square pixels)."""
+    return (camera.width == camera.height and abs(camera.cx - camera.width / 2) < 1e-6
+            and abs(camera.cy - camera.height / 2) < 1e-6 and abs(camera.fx - camera.fy) < 1e-6 * camera.fx)
+
+
+def corrected_camera(camera: Camera, correction: Correction) -> Camera:
+    """The camera with ``c2w @ T`` (intrinsics unchanged)."""
+    c2w = camera.c2w.copy()
+    c2w[:3, :3] = c2w[:3, :3] @ correction.matrix
+    return replace(camera, c2w=c2w, meta=dict(camera.meta))

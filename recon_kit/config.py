@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -21,83 +22,157 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    resolution: int = 256          # training resolution (square images are resized to it)
-    val_background: str = "white"  # background for previews and metrics: white, black
-    train_background: str = "random"  # background composited behind training targets: random, white, black
-    use_depth: bool = True         # use the capture's depth maps when present (scale/shift-invariant loss)
+    resolution: int = 256
+    """Training resolution (square images are resized to it)."""
+    val_background: Literal["white", "black"] = "white"
+    """Background for previews and metrics: white, black."""
+    train_background: Literal["random", "white", "black"] = "random"
+    """Background composited behind training targets: random, white, black."""
+    use_depth: bool = True
+    """Use the capture's depth maps when present (scale/shift-invariant loss)."""
 
 
 @dataclass
 class GeometryConfig:
-    grid_res: int = 64             # nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis
-    mesh_scale: float = 2.1        # side of the cube the grid spans, centred at the origin
-    init: str = "hull"             # hull (visual hull of the masks), depth (depth maps fused with the hull), sphere, random
-    hull_res: int = 96             # voxels per axis for the visual hull
-    sdf_regularizer: float = 0.2   # initial weight of the SDF sign-flip regulariser (decays to 0.01)
-    laplace_scale: float = 3000.0  # pass-2 Laplacian weight (relative mode), decays linearly to 0
-    max_faces: int = 200_000       # pass-2 meshes above this are decimated before UV unwrapping
+    grid_res: int = 64
+    """In nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis."""
+    mesh_scale: float = 2.1
+    """Side of the cube the grid spans, centred at the origin."""
+    init: Literal["hull", "depth", "sphere", "random"] = "hull"
+    """Hull (visual hull of the masks), depth (depth maps fused with the hull), sphere, random (nvdiffrec)."""
+    hull_res: int = 96
+    """Voxels per axis for the visual hull."""
+    sdf_regularizer: float = 0.2
+    """Initial weight of the SDF sign-flip regulariser (decays to 0.01)."""
+    laplace_scale: float = 3000.0
+    """Pass-2 Laplacian weight (relative mode), decays linearly to 0."""
+    max_faces: int = 200_000
+    """Pass-2 meshes above this are decimated before UV unwrapping."""
 
 
 @dataclass
 class MaterialConfig:
-    encoder: str = "auto"          # auto (tinycudann when it passes a subprocess probe, else torch), torch, tcnn
+    encoder: Literal["auto", "torch", "tcnn"] = "auto"
+    """Auto (tinycudann when it passes a subprocess probe, else torch), torch, tcnn."""
     hash_levels: int = 16
+    """Hash-grid resolution levels."""
     hash_features: int = 2
+    """Features per level."""
     hash_log2_size: int = 19
+    """Log2 of the hash table size per level."""
     hash_base_res: int = 16
+    """Coarsest grid resolution."""
     hash_max_res: int = 4096
+    """Finest grid resolution."""
     mlp_width: int = 32
-    kd_min: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    kd_max: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    ks_min: list = field(default_factory=lambda: [0.0, 0.08, 0.0])
-    ks_max: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    texture_res: int = 1024        # baked texture size for pass 2 and export
+    """Hidden width of the material MLP."""
+    kd_min: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Lowest base colour (linear RGB) the material field can output."""
+    kd_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Highest base colour (linear RGB)."""
+    ks_min: tuple[float, float, float] = (0.0, 0.08, 0.0)
+    """Lowest (occlusion, roughness, metallic); roughness >= 0.08 as nvdiffrec."""
+    ks_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Highest (occlusion, roughness, metallic)."""
+    texture_res: int = 1024
+    """Baked texture size for pass 2 and export."""
     perturb_normal: bool = True
+    """Learn a tangent-space normal map."""
 
 
 @dataclass
 class LightConfig:
-    env_res: int = 256             # cube face size of the learned environment map
+    env_res: int = 256
+    """Cube face size of the learned environment map."""
     learn_light: bool = True
+    """Optimise the environment light."""
     lock_light_pass2: bool = False
+    """Freeze the light in pass 2."""
 
 
 @dataclass
 class LossConfig:
-    color: str = "logl1"           # logl1, l1, mse
-    coverage: float = 1.0          # weight of the mask/coverage MSE
-    kd_smooth: float = 0.03        # albedo smoothness, ramped in over 500 iterations
-    occlusion: float = 0.001       # ks occlusion-channel regulariser, ramped in over 500 iterations
-    light_reg: float = 0.005       # environment white-balance regulariser
-    depth: float = 1.0             # scale/shift-invariant depth loss, used when the data has depth (0 = off)
+    color: Literal["logl1", "l1", "mse"] = "logl1"
+    """Logl1, l1, mse."""
+    coverage: float = 1.0
+    """Weight of the mask/coverage MSE."""
+    kd_smooth: float = 0.03
+    """Albedo smoothness, ramped in over 500 iterations."""
+    occlusion: float = 0.001
+    """Ks occlusion-channel regulariser, ramped in over 500 iterations."""
+    light_reg: float = 0.005
+    """Environment white-balance regulariser."""
+    depth: float = 1.0
+    """Scale/shift-invariant depth loss, used when the data has depth (0 = off)."""
+    depth_end: float = 1.0
+    """Depth weight factor reached at the end of pass 1 (linear decay from 1), kept in pass 2."""
+    edge_px: float = 0.0
+    """Band (px at 1024^2, scaled with the resolution) inside mask edges where only photo foreground trains
+    colour and depth is not used: keeps the photos' background out of the albedo (white fringes)."""
+
+
+@dataclass
+class CameraRefineConfig:
+    refine: bool = False
+    """Learn small per-view pose, zoom and principal-point corrections with the scene."""
+    lr: float = 5e-4
+    """Adam learning rate of the corrections."""
+    reg: float = 0.1
+    """Weight of the squared-correction penalty (also pins the gauge)."""
+    start: float = 0.1
+    """Fraction of pass 1 before the corrections start to learn (the surface forms first)."""
 
 
 @dataclass
 class PassConfig:
     iterations: int = 5000
+    """Training steps of this pass."""
     batch: int = 2
-    lr_pos: float = 0.03           # geometry learning rate (SDF/deformation or vertex offsets)
-    lr_mat: float = 0.03           # material + light learning rate
+    """Views per step."""
+    lr_pos: float = 0.03
+    """Geometry learning rate (SDF/deformation or vertex offsets)."""
+    lr_mat: float = 0.03
+    """Material + light learning rate."""
     warmup: int = 0
-    lr_decay: float = 0.0002       # lr x 10^(-lr_decay * it) after warm-up, as nvdiffrec
+    """Steps of linear learning-rate warm-up."""
+    lr_decay: float = 0.0002
+    """Lr x 10^(-lr_decay * it) after warm-up, as nvdiffrec."""
 
 
 @dataclass
 class ReconConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    """Images and backgrounds."""
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    """Tet grid, initialisation and mesh regularisers."""
     material: MaterialConfig = field(default_factory=MaterialConfig)
+    """Hash-grid material field and baked textures."""
     light: LightConfig = field(default_factory=LightConfig)
+    """Learned environment light."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
+    cameras: CameraRefineConfig = field(default_factory=CameraRefineConfig)
+    """Per-view camera refinement."""
     pass1: PassConfig = field(default_factory=PassConfig)
+    """Pass 1: DMTet geometry + neural materials."""
     pass2: PassConfig = field(default_factory=lambda: PassConfig(lr_pos=0.01, lr_mat=0.01, warmup=100))
+    """Pass 2: fixed mesh + baked textures."""
     seed: int = 0
-    device: str = "auto"           # auto, cpu, cuda
-    backend: str = "auto"          # auto, torch, nvdiffrast
-    compile: str = "auto"          # torch.compile of shading and hash grid: auto (on CUDA only), on, off
+    """Random seed (views order, init, backgrounds)."""
+    device: str = "auto"
+    """Auto, cpu, cuda."""
+    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"
+    """Auto, torch, nvdiffrast."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """Torch.compile of shading and hash grid: auto (on CUDA only), on, off."""
     checkpoint_every: int = 500
-    snapshot_every: int = 50       # training-animation frames (0 = off)
+    """Checkpoint every N steps (0 = off)."""
+    snapshot_every: int = 50
+    """Training-animation frames (0 = off)."""
     log_every: int = 10
+    """History.jsonl line every N steps."""
+    guard_factor: float = 100.0
+    """Divergence guard: a loss above this x its running median is divergence (0 = off)."""
 
     # ---- construction and validation -------------------------------------------------------------
     @classmethod
@@ -112,6 +187,8 @@ class ReconConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data.pop("_history", None)  # a run's config.json records its resume changes there
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except json.JSONDecodeError as e:
@@ -121,7 +198,8 @@ class ReconConfig:
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON data, as config.json holds it (tuples as lists)."""
+        return json.loads(json.dumps(asdict(self)))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -145,11 +223,14 @@ class ReconConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
             (self.backend in ("auto", "torch", "nvdiffrast"), "backend must be auto, torch or nvdiffrast"),
             (self.checkpoint_every >= 0 and self.snapshot_every >= 0, "checkpoint_every/snapshot_every must be >= 0"),
+            (self.guard_factor >= 0, "guard_factor must be >= 0 (0 turns the divergence guard off)"),
         ]
         for p in ("pass1", "pass2"):
             pc: PassConfig = getattr(self, p)
             checks += [(pc.iterations >= 0, f"{p}.iterations must be >= 0"), (pc.batch >= 1, f"{p}.batch must be >= 1"),
                        (pc.lr_pos >= 0 and pc.lr_mat >= 0, f"{p} learning rates must be >= 0")]
+        checks += [(self.cameras.lr >= 0 and self.cameras.reg >= 0, "cameras.lr and cameras.reg must be >= 0"),
+                   (0 <= self.cameras.start <= 1, "cameras.start must be a fraction of pass 1 in [0, 1]")]
         for w in fields(self.loss):
             if w.name != "color":
                 checks.append((getattr(self.loss, w.name) >= 0, f"loss.{w.name} must be >= 0"))
@@ -185,10 +266,19 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}; use a plain number")
         return float(value)
     elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
+    elif isinstance(default, tuple) and isinstance(value, (list, tuple)) and len(value) == len(default) \
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if not all(math.isfinite(v) for v in value):
+            raise ConfigError(f"{source}: {key} must hold finite numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     elif isinstance(default, (str, list)) and isinstance(value, type(default)):
+        if isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"{source}: {key} must hold finite numbers, got {value!r}")
         return list(value) if isinstance(value, list) else value
     raise ConfigError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
 
@@ -210,6 +300,9 @@ def apply_overrides(cfg: ReconConfig, overrides: dict | None) -> ReconConfig:
     return ReconConfig.from_dict(data, source="overrides")
 
 
+# What makes the kit behave like nvdiffrec: its random SDF start and no depth loss.
+NVDIFFREC_BEHAVIOUR = {"geometry": {"init": "random"}, "data": {"use_depth": False}}
+
 PRESETS: dict[str, dict] = {
     # Minutes on a 2-core CPU: the demo, CI and notebooks under papermill.
     "cpu-small": {"data": {"resolution": 128}, "geometry": {"grid_res": 48, "hull_res": 64, "laplace_scale": 1000.0},
@@ -221,9 +314,16 @@ PRESETS: dict[str, dict] = {
     "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": 2.1},
                     "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                     "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
-                    "material": {"texture_res": 1024}, "snapshot_every": 100},
-    # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth).
-    "seed-nvdiffrec": {"geometry": {"init": "random"}, "data": {"use_depth": False}},
+                    "material": {"texture_res": 1024}, "snapshot_every": 100,
+                    # real captures: photo background kept out of the albedo, hand-framed views corrected
+                    "loss": {"edge_px": 8.0}, "cameras": {"refine": True}},
+    # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth, no camera or edge
+    # corrections) at the user's nvdiffrec settings (1024^2, batch 2, grid 128, 5000 + 5000, lr 0.03 / 0.01).
+    "seed-nvdiffrec": {"geometry": {"init": "random", "grid_res": 128, "mesh_scale": 2.1},  # NVDIFFREC_BEHAVIOUR +
+                       "data": {"use_depth": False, "resolution": 1024},
+                       "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
+                       "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
+                       "material": {"texture_res": 1024}},
 }
 
 
@@ -271,7 +371,7 @@ def from_nvdiffrec(data: dict, source: str = "nvdiffrec config") -> ReconConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown nvdiffrec key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    cfg = ReconConfig.from_dict(PRESETS["seed-nvdiffrec"], source=source).to_dict()
+    cfg = ReconConfig.from_dict(NVDIFFREC_BEHAVIOUR, source=source).to_dict()
     it = data.get("iter", 5000)
     batch = data.get("batch", 1)
     for p in ("pass1", "pass2"):
@@ -322,3 +422,43 @@ def table(cfg: ReconConfig):
     import pandas as pd
 
     return pd.DataFrame(list(flatten(cfg).items()), columns=["key", "value"]).set_index("key")
+
+
+def parse_value(text: str) -> Any:
+    """``--set key=value`` values: JSON when it parses (numbers, true/false, lists, quoted strings), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lowered = text.lower()
+        if lowered in {"true", "false"}:
+            return lowered == "true"
+        if lowered in {"none", "null"}:
+            return None
+        return text
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` (the CLI's ``--set`` and torchrun's) as an overrides dict for :func:`resolve`."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. --set steps=500), got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` of a config dataclass (the string literal under each field): help for the CLI,
+    tooltips for widgets."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = nxt.value.value
+    return docs

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import warnings
 
 
 @dataclass
@@ -158,3 +159,98 @@ def load_mesh(path: str | Path, device=None) -> tuple[Mesh, np.ndarray | None]:
             image = np.asarray(img.convert("RGB"))
     mesh = Mesh(v, f, uv, f.clone() if uv is not None else None)
     return mesh, image
+
+
+
+def _reindex(idx: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Used-entry mask [count] and ``idx`` renumbered to the used entries only (a cumsum, no sort)."""
+    used = torch.zeros(count, dtype=torch.bool, device=idx.device)
+    used[idx.reshape(-1)] = True
+    return used, (torch.cumsum(used, 0) - 1)[idx]
+
+
+def _compact(mesh: Mesh, face_keep: torch.Tensor | None = None) -> Mesh:
+    """Keep the selected faces and drop unreferenced vertices (and UVs)."""
+    f = mesh.t_pos_idx if face_keep is None else mesh.t_pos_idx[face_keep]
+    used, f_new = _reindex(f, mesh.num_vertices)
+    v_tex, t_tex_idx = mesh.v_tex, mesh.t_tex_idx
+    if mesh.has_uv:
+        ft = t_tex_idx if face_keep is None else t_tex_idx[face_keep]
+        used_t, t_tex_idx = _reindex(ft, v_tex.shape[0])
+        v_tex = v_tex[used_t]
+    return Mesh(mesh.v_pos[used], f_new, v_tex, t_tex_idx)
+
+
+def remove_small_components(mesh: Mesh, min_faces_fraction: float = 0.01) -> Mesh:
+    """Drop vertex-connected components with fewer than ``min_faces_fraction`` of all faces (floaters).
+
+    The largest component is always kept.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if mesh.num_faces == 0:
+        return mesh
+    f = mesh.t_pos_idx.cpu().numpy()
+    i = np.concatenate([f[:, 0], f[:, 1]])
+    j = np.concatenate([f[:, 1], f[:, 2]])
+    graph = coo_matrix((np.ones(i.shape[0], dtype=np.int8), (i, j)), shape=(mesh.num_vertices,) * 2)
+    _, labels = connected_components(graph, directed=False)
+    face_label = labels[f[:, 0]]
+    counts = np.bincount(face_label)
+    keep = (counts[face_label] >= min_faces_fraction * f.shape[0]) | (face_label == counts.argmax())
+    return _compact(mesh, torch.from_numpy(keep).to(mesh.device))
+
+
+def merge_close_vertices(mesh: Mesh, tol: float | None = None) -> Mesh:
+    """Weld vertices closer than ``tol`` (default 1e-6 x bbox diagonal), then drop degenerate and duplicate faces.
+
+    Marching tets emits coincident vertices where the SDF is exactly zero at a grid vertex; UV unwrapping
+    wants them welded. UV indices are kept as they are (only filtered with their faces).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if mesh.num_faces == 0:
+        return mesh
+    v = mesh.v_pos.detach().cpu().double().numpy()
+    if tol is None:
+        tol = 1e-6 * float(np.linalg.norm(v.max(0) - v.min(0))) or 1e-12
+    pairs = cKDTree(v).query_pairs(tol, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(v),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    _, rep = np.unique(labels, return_index=True)  # first vertex of each cluster
+    f = labels[mesh.t_pos_idx.cpu().numpy()]
+    nondegenerate = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
+    first = np.zeros(len(f), dtype=bool)
+    first[np.unique(np.sort(f, axis=1), axis=0, return_index=True)[1]] = True
+    keep = torch.from_numpy(nondegenerate & first).to(mesh.device)
+    welded = Mesh(mesh.v_pos[torch.from_numpy(rep).to(mesh.device)], torch.from_numpy(f).to(mesh.device),
+                  mesh.v_tex, mesh.t_tex_idx)
+    return _compact(welded, keep)
+
+
+def simplify(mesh: Mesh, target_faces: int, aggression: int | None = None) -> Mesh:
+    """Quadric-error decimation to about ``target_faces`` faces (the ``fast-simplification`` package, which
+    trimesh's ``simplify_quadric_decimation`` wraps). UVs are dropped. Without the package, or when the mesh
+    is already small enough, the mesh is returned unchanged (with a warning in the first case)."""
+    if mesh.num_faces <= target_faces:
+        return mesh
+    try:
+        from fast_simplification import simplify as fs_simplify
+    except ImportError:
+        warnings.warn("fast-simplification is not installed; simplify() returns the mesh unchanged")
+        return mesh
+    kwargs = {} if aggression is None else {"agg": int(aggression)}
+    v, f = fs_simplify(mesh.v_pos.detach().cpu().numpy().astype(np.float32),
+                       mesh.t_pos_idx.cpu().numpy().astype(np.int64), target_count=int(target_faces), **kwargs)
+    out = Mesh(torch.as_tensor(np.asarray(v), dtype=torch.float32, device=mesh.device),
+               torch.as_tensor(np.asarray(f), dtype=torch.int64, device=mesh.device))
+    return _compact(out)
+
+
+def clean_mesh(mesh: Mesh, min_faces_fraction: float = 0.01, target_faces: int | None = None) -> Mesh:
+    """Pre-unwrap clean-up: weld coincident vertices, drop small components, optionally decimate."""
+    out = remove_small_components(merge_close_vertices(mesh), min_faces_fraction)
+    return out if target_faces is None else simplify(out, target_faces)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recon_kit.runs.notebook import (KERNEL_NAME, NOTEBOOK_DIR, REPO_ROOT, NotebookFailed, NotebookParameterError,
+                                     _describe, notebook_parameters, run_notebook)
+
 __all__ = [
     "NOTEBOOKS",
     "NotebookParameterError",
@@ -29,10 +32,7 @@ __all__ = [
     "kernel_python",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_prepare_data.ipynb", "02_check_poses.ipynb", "03_train.ipynb", "04_inspect_mesh.ipynb"]
-KERNEL_NAME = "python3"
 DEMO_DATASET = "demo"  # 01_prepare_data synthesises the built-in demo object for this input
 
 # Where run_demo looks for results inside the training run folder.
@@ -51,92 +51,16 @@ QUICK = {"resolutions": [64], "grid_res": 32, "preset": "cpu-small",
 DEMO_CPU_OVERRIDES = {"pass1.iterations": 400, "pass2.iterations": 100}
 
 
-class NotebookParameterError(ValueError):
-    """A notebook does not declare a parameter the caller must pass."""
 
 
-class NotebookFailed(RuntimeError):
-    """A cell raised while papermill executed the notebook; the executed copy is at ``output``."""
-
-    def __init__(self, name: str, output: Path, cell_index: int | None, ename: str, evalue: str):
-        self.name, self.output, self.cell_index, self.ename, self.evalue = name, output, cell_index, ename, evalue
-        where = f" in cell {cell_index}" if cell_index is not None else ""
-        super().__init__(f"notebook {name} failed{where}: {ename}: {evalue} (executed copy: {output})")
 
 
-def _resolve_notebook(name: str | os.PathLike[str], notebooks_dir: str | os.PathLike[str] | None = None) -> Path:
-    p = Path(name)
-    if not p.is_absolute() and not p.exists():
-        p = Path(notebooks_dir or NOTEBOOK_DIR) / p
-    if not p.exists():
-        raise FileNotFoundError(f"notebook {p} does not exist")
-    return p
 
 
-def notebook_parameters(name: str | os.PathLike[str], notebooks_dir: str | os.PathLike[str] | None = None) -> dict:
-    """``{name: {"inferred_type_name", "default", "help"}}`` of the notebook's parameters cell."""
-    import papermill
-
-    return dict(papermill.inspect_notebook(str(_resolve_notebook(name, notebooks_dir))))
 
 
-def _describe(params: Mapping[str, Any]) -> str:
-    if not params:
-        return "(none: the notebook has no cell tagged 'parameters')"
-    return ", ".join(f"{k}: {v.get('inferred_type_name', '?')} = {v.get('default')}" for k, v in params.items())
 
 
-def run_notebook(
-    name: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    parameters: Mapping[str, Any] | None = None,
-    *,
-    optional: Mapping[str, Any] | None = None,
-    cwd: str | os.PathLike[str] = REPO_ROOT,
-    timeout: float | None = None,
-    start_timeout: float = 120,
-    log_output: bool = False,
-    notebooks_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """Execute ``notebooks/<name>`` into ``out_path`` with papermill (kernel ``python3``, no progress bar).
-
-    ``parameters`` must all be declared by the notebook (else :class:`NotebookParameterError`, listing what it
-    declares); ``optional`` ones are passed only if declared. ``timeout`` is papermill's per-cell limit in seconds
-    (None: no limit). A failing cell raises :class:`NotebookFailed` naming the executed copy.
-    """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    src = _resolve_notebook(name, notebooks_dir)
-    declared = notebook_parameters(src)
-    parameters = dict(parameters or {})
-    missing = [k for k in parameters if k not in declared]
-    if missing:
-        raise NotebookParameterError(
-            f"notebook {src.name} does not declare parameter(s) {', '.join(missing)}; "
-            f"its parameters cell has: {_describe(declared)}"
-        )
-    params = {**{k: v for k, v in (optional or {}).items() if k in declared}, **parameters}
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        papermill.execute_notebook(
-            str(src),
-            str(out),
-            parameters=params,
-            kernel_name=KERNEL_NAME,
-            cwd=str(cwd),
-            progress_bar=False,
-            log_output=log_output,
-            execution_timeout=timeout,
-            start_timeout=start_timeout,
-            # hide ipykernel's start-up warnings (e.g. "running over TCP without encryption"); errors still show
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        )
-    except PapermillExecutionError as err:
-        raise NotebookFailed(src.name, out, err.cell_index, err.ename, err.evalue) from err
-    return out
 
 
 def _pick(declared: Mapping[str, Any], notebook: str, *candidates: str) -> str:
@@ -227,7 +151,8 @@ def run_demo(
     03 gets the quick settings' overrides, or :data:`DEMO_CPU_OVERRIDES` for the default preset on a CPU; given
     ``overrides`` replace those (they are not merged).
     """
-    from recon_kit.rundir import safe_rmtree
+    from recon_kit.io import locking
+    from recon_kit.io.overwrite import check_clearable, clear, mark
 
     out = Path(output_dir).resolve()
     if str(dataset) != DEMO_DATASET:
@@ -247,6 +172,9 @@ def run_demo(
             f"output folder {out} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
             f"to replace it, or choose another folder (--output-dir)"
         )
+    inputs = {"dataset": None if dataset_in == DEMO_DATASET else dataset_in, "ground-truth mesh": gt_mesh}
+    if replace:
+        check_clearable(out, inputs)  # never delete the user's capture or mesh, nor a folder the kit did not write
 
     names = list(notebooks)
     if len(names) != 4:
@@ -296,8 +224,10 @@ def run_demo(
         opt.update(QUICK["inspect"])
     plan.append((names[3], req, opt))
 
+    lock = locking.acquire(out, "demo")  # held until the demo ends (or this process does)
     if replace:
-        safe_rmtree(out)
+        clear(out, inputs)
+    mark(out, "demo")
     res = DemoResult(output_dir=out, dataset_dir=dataset_dir, run_dir=run_dir)
     echo(f"recon-kit demo: dataset {dataset_in} -> {out} (device {dev}, preset {preset}{', quick' if quick else ''})")
     for i, (name, req, opt) in enumerate(plan):
@@ -323,6 +253,7 @@ def run_demo(
             echo(f"{labels[key]} {res.results[key]}")
         else:
             echo(f"{labels[key]} (not produced: {res.missing[key]})")
+    lock.release()
     return res
 
 

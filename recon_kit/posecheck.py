@@ -19,9 +19,8 @@ object. :func:`check_poses` runs everything and returns a :class:`PoseReport`.
 
 from __future__ import annotations
 
-import json
+
 import math
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -31,80 +30,26 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recon_kit.cameras import Camera, focal_from_fov, fov_from_focal
-from recon_kit.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
-
-_FLIP_Y = np.diag([1.0, -1.0])
-
-
-@dataclass(frozen=True)
-class Correction:
-    """A symmetry of the image square as a pose correction ``c2w @ matrix`` (``matrix`` acts on camera x, y)."""
-
-    name: str
-    matrix: np.ndarray
-    image_op: str
-
-    @property
-    def is_mirror(self) -> bool:
-        return bool(np.linalg.det(self.matrix) < 0)
-
-    @property
-    def pixel_map(self) -> np.ndarray:
-        """2x2 map of centred pixel coordinates (x right, y down) taking the image to the one ``c2w`` expects."""
-        a = self.matrix[:2, :2]
-        return _FLIP_Y @ a @ _FLIP_Y
+from recon_kit.cameras import (Camera, Correction, can_use_pixel_map, apply_pixel_map, corrected_camera, corrections,
+                               focal_from_fov)
+from recon_kit.data.dataset import load_viewset
+from recon_kit.io.transforms import load_cameras, transforms_path, write_corrected_transforms
+from recon_kit.model.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
 
 
-def _correction(name: str, a: list[list[int]], image_op: str) -> Correction:
-    m = np.eye(3)
-    m[:2, :2] = np.array(a, dtype=np.float64)
-    return Correction(name, m, image_op)
 
 
-def corrections() -> list[Correction]:
-    """The 8 candidate corrections, identity first; "roll +90" turns the camera +90 deg about its z axis."""
-    return [
-        _correction("identity", [[1, 0], [0, 1]], "nothing"),
-        _correction("roll +90", [[0, -1], [1, 0]], "rotate the image 90 deg counter-clockwise (np.rot90(img, 1))"),
-        _correction("roll 180", [[-1, 0], [0, -1]], "rotate the image 180 deg (np.rot90(img, 2))"),
-        _correction("roll -90", [[0, 1], [-1, 0]], "rotate the image 90 deg clockwise (np.rot90(img, -1))"),
-        _correction("mirror x", [[-1, 0], [0, 1]], "flip the image left-right (img[:, ::-1])"),
-        _correction("mirror y", [[1, 0], [0, -1]], "flip the image top-bottom (img[::-1])"),
-        _correction("swap x y", [[0, 1], [1, 0]], "transpose the image about its anti-diagonal "
-                                                    "(np.rot90(img, 2).swapaxes(0, 1))"),
-        _correction("swap x -y", [[0, -1], [-1, 0]], "transpose the image (img.swapaxes(0, 1))"),
-    ]
 
 
-def apply_pixel_map(image: torch.Tensor, pixel_map: np.ndarray) -> torch.Tensor:
-    """Resample a square image ``[..., S, S]`` so that ``out(P p) = image(p)`` for centred pixel coordinates ``p``.
-
-    With ``P = Correction.pixel_map`` this turns an image into the one the uncorrected pose expects; with its
-    transpose it turns the silhouette seen by ``c2w`` into the one seen by ``c2w @ T``.
-    """
-    h, w = image.shape[-2:]
-    if h != w:
-        raise ValueError(f"pixel maps need square images, got {w}x{h}")
-    p_inv = np.round(pixel_map.T).astype(np.int64)
-    c2 = torch.arange(w, device=image.device) * 2 - (w - 1)
-    vv, uu = torch.meshgrid(c2, c2, indexing="ij")
-    su = p_inv[0, 0] * uu + p_inv[0, 1] * vv
-    sv = p_inv[1, 0] * uu + p_inv[1, 1] * vv
-    return image[..., (sv + (w - 1)) // 2, (su + (w - 1)) // 2]
 
 
-def _can_use_pixel_map(camera: Camera) -> bool:
-    """True when rolls/mirrors of the camera map its pixel grid onto itself (square, centred, square pixels)."""
-    return (camera.width == camera.height and abs(camera.cx - camera.width / 2) < 1e-6
-            and abs(camera.cy - camera.height / 2) < 1e-6 and abs(camera.fx - camera.fy) < 1e-6 * camera.fx)
 
 
-def corrected_camera(camera: Camera, correction: Correction) -> Camera:
-    """The camera with ``c2w @ T`` (intrinsics unchanged)."""
-    c2w = camera.c2w.copy()
-    c2w[:3, :3] = c2w[:3, :3] @ correction.matrix
-    return replace(camera, c2w=c2w, meta=dict(camera.meta))
+
+
+
+
+
 
 
 @dataclass
@@ -275,7 +220,7 @@ def _candidate_scores(hull: HullGrid, camera: Camera, mask: torch.Tensor, cands:
     """(IoU, precision, recall) as posed, and the IoU for each corrected camera (pixel maps when they apply)."""
     sil = project_silhouette(hull, camera)
     base = _scores(sil, mask)
-    if _can_use_pixel_map(camera):
+    if can_use_pixel_map(camera):
         return base, [_scores(apply_pixel_map(sil, c.pixel_map.T), mask)[0] for c in cands]
     return base, [base[0] if np.allclose(c.matrix, np.eye(3)) else
                   _scores(project_silhouette(hull, corrected_camera(camera, c)), mask)[0] for c in cands]
@@ -579,119 +524,57 @@ def predicted_silhouettes(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0)
     return pred, m
 
 
-def transforms_path(dataset_dir: str | Path) -> Path:
-    """The transforms.json of a prepared dataset folder, or of its largest ``<res>/`` sub-folder."""
-    d = Path(dataset_dir)
-    if (d / "transforms.json").is_file():
-        return d / "transforms.json"
-    subs = sorted((p for p in d.glob("*") if p.name.isdigit() and (p / "transforms.json").is_file()),
-                  key=lambda p: int(p.name))
-    if not subs:
-        raise FileNotFoundError(f"no transforms.json in {d} or its <res>/ folders")
-    return subs[-1] / "transforms.json"
 
 
-def load_cameras(path: str | Path, names: Sequence[str], width: int, height: int) -> list[Camera]:
-    """Cameras for ``names`` from a transforms file (frames matched by file stem), sized ``width x height``.
-
-    For checking a hand-edited transforms file against an already prepared dataset's images.
-    """
-    meta = json.loads(Path(path).read_text())
-    frames = {_frame_name(f): f for f in meta.get("frames", [])}
-    missing = [n for n in names if n not in frames]
-    if missing:
-        raise KeyError(f"{path} has no frames for views {missing}")
-    cams = []
-    for n in names:
-        f = {**{k: v for k, v in meta.items() if k != "frames"}, **frames[n]}
-        c2w = np.asarray(f["transform_matrix"], dtype=np.float64)
-        if c2w.shape == (3, 4):
-            c2w = np.vstack([c2w, [0, 0, 0, 1]])
-        if "fl_x" in f:
-            w0, h0 = int(f.get("w", width)), int(f.get("h", height))
-            cam = Camera(c2w, float(f["fl_x"]), float(f.get("fl_y", f["fl_x"])), float(f.get("cx", w0 / 2)),
-                         float(f.get("cy", h0 / 2)), w0, h0, name=n)
-        else:
-            cam = Camera.from_fov(c2w, float(f["camera_angle_x"]), width, height, name=n)
-        cams.append(cam if (cam.width, cam.height) == (width, height) else cam.resized(width, height))
-    return cams
 
 
-def _frame_name(frame: dict) -> str:
-    return Path(str(frame.get("file_path", ""))).stem
 
 
-def write_corrected_transforms(src_path: str | Path, fixes: Sequence[Fix], out_path: str | Path | None = None,
-                               overwrite: bool = False, allow_mirrored: bool = False,
-                               camera_angle_x: float | None = None) -> Path:
-    """Write a copy of a transforms.json with ``transform_matrix @ T`` for each fix; never touches the source.
-
-    The default output is ``<stem>_corrected.json`` beside the source; an existing output is an error unless
-    ``overwrite``. Frames are matched by file name stem (``train/front.png`` -> ``front``), else by index.
-    Image-mirror fixes (kind ``"image"``, left-handed result) are skipped with a warning unless
-    ``allow_mirrored``: flip those images instead.
-
-    ``camera_angle_x`` (e.g. :attr:`Calibration.best_angle`) replaces the file's angle (and ``fl_x``/``fl_y``
-    when present); every camera position is scaled by ``tan(old / 2) / tan(new / 2)`` so that the object keeps
-    its size in world units and the volume (``mesh_scale``) that fitted it still does.
-    """
-    src = Path(src_path)
-    out = Path(out_path) if out_path is not None else src.with_name(f"{src.stem}_corrected.json")
-    if out.resolve() == src.resolve():
-        raise ValueError(f"refusing to write over the original {src}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    meta = json.loads(src.read_text())
-    frames = meta.get("frames", [])
-    stems = [_frame_name(f) for f in frames]
-    for fix in fixes:
-        if fix.kind == "image" and not allow_mirrored:
-            warnings.warn(f"{fix.view}: not writing a left-handed matrix; {fix.correction.image_op} instead",
-                          stacklevel=2)
-            continue
-        if fix.view in stems:
-            k = stems.index(fix.view)
-        elif 0 <= fix.index < len(frames):
-            k = fix.index
-        else:
-            raise KeyError(f"no frame for view {fix.view!r} in {src}")
-        mat = np.asarray(frames[k]["transform_matrix"], dtype=np.float64)
-        t4 = np.eye(4)
-        t4[:3, :3] = fix.correction.matrix
-        frames[k]["transform_matrix"] = _clean(mat @ t4).tolist()
-        frames[k]["recon_kit_fix"] = fix.correction.name
-    if camera_angle_x is not None:
-        _set_angle(meta, float(camera_angle_x), src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(meta, indent=4))
-    return out
 
 
-def _set_angle(meta: dict, angle: float, src: Path) -> None:
-    """Give ``meta`` (a transforms dict) a new horizontal field of view, keeping the object's world size."""
-    if not 0.0 < angle < math.pi:
-        raise ValueError(f"camera_angle_x must be in (0, pi) radians, got {angle}")
-    if "camera_angle_x" in meta:
-        old = float(meta["camera_angle_x"])
-    elif "fl_x" in meta and "w" in meta:
-        old = fov_from_focal(float(meta["fl_x"]), int(meta["w"]))
-    else:
-        raise KeyError(f"{src} has neither camera_angle_x nor fl_x and w; cannot change its field of view")
-    scale = math.tan(old / 2.0) / math.tan(angle / 2.0)
-    for fr in meta.get("frames", []):
-        mat = np.asarray(fr["transform_matrix"], dtype=np.float64)
-        mat[:3, 3] *= scale
-        fr["transform_matrix"] = _clean(mat).tolist()
-    if "fl_x" in meta and "w" in meta:
-        f_new = focal_from_fov(angle, int(meta["w"]))
-        if "fl_y" in meta:
-            meta["fl_y"] = float(meta["fl_y"]) * f_new / float(meta["fl_x"])
-        meta["fl_x"] = f_new
-    meta["camera_angle_x"] = angle
-    meta["recon_kit_calibration"] = {"camera_angle_x_was": old, "positions_scaled_by": scale}
 
 
-def _clean(a: np.ndarray) -> np.ndarray:
-    """Round away float noise (-0.0, 1e-17) so corrected matrices stay readable."""
-    r = np.round(a, 12)
-    return np.where(r == 0, 0.0, r)
+REPORT_FILE = "report.txt"
+TABLE_FILE = "consistency.csv"
+
+
+@dataclass
+class PoseCheck:
+    """What :func:`run_check` loaded, found and wrote."""
+
+    views: object
+    cameras: list[Camera]
+    transforms_file: Path
+    report: PoseReport
+    written: Path | None = None
+
+
+def run_check(dataset_dir: str | Path, transforms: str | Path = "", *, grid_res: int = 64, mesh_scale: float = 2.1,
+              mask_size: int = 128, run_calibration: bool = True, write_corrected: bool = False,
+              apply_calibration: bool = False, overwrite: bool = False, output_dir: str | Path | None = None,
+              resolution: int | None = None, views=None) -> PoseCheck:
+    """Notebook 02 and ``recon-kit check-poses`` in one call: load the dataset's views (or take ``views``), check
+    the poses of ``transforms`` (default: the dataset's transforms.json), write ``report.txt`` and
+    ``consistency.csv`` into ``output_dir`` when given, and ``<transforms>_corrected.json`` when
+    ``write_corrected`` (with the scanned ``camera_angle_x`` when ``apply_calibration``; never over an existing
+    file unless ``overwrite``, nor over an existing report). ``mesh_scale`` is the side of the checked cube, as in the
+    training config."""
+    if output_dir is not None and (Path(output_dir) / REPORT_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{Path(output_dir) / REPORT_FILE} exists; pass --overwrite to replace it, or another "
+                              "--output-dir")
+    if views is None:
+        views = load_viewset(dataset_dir, resolution=resolution)
+    transforms_file = Path(transforms) if transforms else transforms_path(dataset_dir)
+    cams = load_cameras(transforms_file, views.names, views.width, views.height) if transforms else views.cameras
+    report = check_poses(cams, views.mask, bounds=mesh_scale, res=grid_res, mask_size=mask_size,
+                         run_calibration=run_calibration)
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_FILE).write_text(report.summary() + "\n")
+        report.table.to_csv(out / TABLE_FILE, index=False)
+    written = None
+    angle = report.calibration.best_angle if apply_calibration and report.calibration is not None else None
+    if write_corrected and (report.fixes or angle is not None):
+        written = write_corrected_transforms(transforms_file, report.fixes, overwrite=overwrite, camera_angle_x=angle)
+    return PoseCheck(views, cams, transforms_file, report, written)

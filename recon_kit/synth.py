@@ -15,7 +15,7 @@ A capture folder written by :func:`render_capture`::
     test/<name>.png            held-out novel views, RGBA (straight alpha = pixel coverage), a prepared split
     test_depth/<name>.npy      float32 metric camera depth of the held-out views, 0 = background
     transforms_test.json       the held-out cameras (file_path "test/<name>.png"; "metric_depth_path" names the
-                               .npy file, a key :func:`recon_kit.data.load_viewset` ignores)
+                               .npy file, a key :func:`recon_kit.data.dataset.load_viewset` ignores)
     gt_mesh.obj                the rendered mesh in the cameras' world frame (+ gt_mesh.mtl, gt_texture.png)
 
 Shading is the kit's own split-sum PBR (:func:`recon_kit.render.render_mesh`) under a fixed procedural HDR
@@ -23,6 +23,7 @@ environment (:func:`demo_environment`), with kd from the texture, ks = (0, 0.5, 
 """
 
 from __future__ import annotations
+
 
 import json
 import math
@@ -35,23 +36,30 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .cameras import AXIS_VIEWS, Camera, axis_rig, sphere_views, stack_matrices
-from .data import linear_to_srgb, srgb_to_linear, transforms_dict
-from .light import EnvLight, latlong_dirs
-from .mesh import Mesh, load_mesh, normalize_to_unit
-from .render import get_rasterizer, rasterize_mesh, render_mesh
-from .render.raster import Rasterizer
+from recon_kit.cameras import AXIS_VIEWS, Camera, axis_rig, sphere_views, stack_matrices
+from recon_kit.color import linear_to_srgb, srgb_to_linear
+from recon_kit.io.transforms import transforms_dict
+from recon_kit.render.envlight import EnvLight
+from recon_kit.render.cubemap import latlong_dirs
+from recon_kit.mesh import Mesh, load_mesh, normalize_to_unit
+from recon_kit.render import get_rasterizer, rasterize_mesh, render_mesh
+from recon_kit.render.raster import Rasterizer
+from recon_kit.io.images import DataError, encode_depth_uint8
+from recon_kit.io.meshfile import write_obj
+
+
 
 #: Where the shared read-only assets live: ``../shared`` beside the project root.
 SHARED_DIR: Path = Path(__file__).resolve().parents[2] / "shared"
+
+
 #: Files and folders :func:`render_capture` writes (and, with ``overwrite=True``, replaces).
 OUTPUTS: tuple[str, ...] = ("multi_views", "depth_renders", "test", "test_depth", "transforms.json",
                             "transforms_test.json", "gt_mesh.obj", "gt_mesh.mtl", "gt_texture.png")
+
+
 #: Direction towards the sun of :func:`demo_environment` (front-right-above, so the front view is lit).
 SUN_DIRECTION: tuple[float, float, float] = (0.45, 0.75, 0.5)
-
-
-# ------------------------------------------------------------------------------------------ demo object
 
 
 def _grid_mesh(points: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -165,13 +173,10 @@ def demo_object(detail: float = 1.0, texture_size: int = 512, radius: float = 0.
     return mesh, demo_texture(texture_size)
 
 
-# ------------------------------------------------------------------------------------------- environment
-
-
 def demo_environment(res: int = 128, sun_direction: Sequence[float] = SUN_DIRECTION, sun_radiance: float = 150.0
                      ) -> np.ndarray:
     """A fixed procedural HDR sky, lat-long float32 ``[res, 2 res, 3]`` (linear, the convention of
-    :func:`recon_kit.light.latlong_dirs`): a blue-to-warm-horizon sky gradient, a dim brown ground and a
+    :func:`recon_kit.render.cubemap.latlong_dirs`): a blue-to-warm-horizon sky gradient, a dim brown ground and a
     bright sun blob (about 4 degrees) towards ``sun_direction``. Keeps the demo free of downloaded probes."""
     d = latlong_dirs(res, 2 * res).numpy().astype(np.float64)
     y = d[..., 1:2]
@@ -188,17 +193,14 @@ def demo_environment(res: int = 128, sun_direction: Sequence[float] = SUN_DIRECT
 
 
 def demo_light(res: int = 32, device: str | torch.device = "cpu") -> EnvLight:
-    """:func:`demo_environment` as an :class:`~recon_kit.light.EnvLight`. A small cube suffices because the
+    """:func:`demo_environment` as an :class:`~recon_kit.render.envlight.EnvLight`. A small cube suffices because the
     renders use roughness 0.5 (filtered from 8^2 texels) and the diffuse irradiance, and it is cheap to build."""
     return EnvLight.from_latlong(demo_environment(4 * res), res=res, min_res=8, device=device)
 
 
-# ----------------------------------------------------------------------------------------------- render
-
-
 def texture_material(rasterizer: Rasterizer, kd_srgb: np.ndarray, roughness: float = 0.5,
                      device: str | torch.device = "cpu") -> Callable:
-    """A :data:`~recon_kit.render.pipeline.MaterialFn`: mip-mapped kd lookups, ks = (0, roughness, 0), flat normal."""
+    """A :data:`~recon_kit.render.renderer.MaterialFn`: mip-mapped kd lookups, ks = (0, roughness, 0), flat normal."""
     tex = srgb_to_linear(torch.tensor(np.asarray(kd_srgb)[..., :3], dtype=torch.float32, device=device) / 255.0)[None]
     ks_value = torch.tensor([0.0, roughness, 0.0], device=device)
     flat = torch.tensor([0.0, 0.0, 1.0], device=device)
@@ -245,45 +247,8 @@ def _depth_only(rasterizer: Rasterizer, mesh: Mesh, cams: list[Camera], batch: i
     return np.concatenate(out)
 
 
-def encode_depth_uint8(depth: np.ndarray) -> np.ndarray:
-    """One view's camera depth ``[H,W]`` (0 = background) as 8-bit: near = 255, far = 1, background = 0."""
-    fg = depth > 0
-    out = np.zeros(depth.shape, np.uint8)
-    if not fg.any():
-        return out
-    lo, hi = float(depth[fg].min()), float(depth[fg].max())
-    scaled = (hi - depth[fg]) / (hi - lo) if hi > lo else np.ones(int(fg.sum()))
-    out[fg] = np.clip(np.round(1.0 + 254.0 * scaled), 1, 255).astype(np.uint8)
-    return out
-
-
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def write_obj(path: str | Path, mesh: Mesh, kd_srgb: np.ndarray | None = None) -> Path:
-    """Write ``mesh`` as OBJ (UV v flipped to the OBJ convention) with ``<stem>.mtl`` and ``gt_texture.png``
-    beside it when a kd texture is given."""
-    path = Path(path)
-    v = mesh.v_pos.detach().cpu().numpy()
-    f = mesh.t_pos_idx.cpu().numpy() + 1
-    lines = []
-    if kd_srgb is not None and mesh.has_uv:
-        tex_name = "gt_texture.png"
-        Image.fromarray(np.asarray(kd_srgb, np.uint8)[..., :3]).save(path.parent / tex_name)
-        mtl = path.with_suffix(".mtl")
-        mtl.write_text(f"newmtl material0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nmap_Kd {tex_name}\n")
-        lines += [f"mtllib {mtl.name}", "usemtl material0"]
-    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in v]
-    if mesh.has_uv:
-        vt = mesh.v_tex.detach().cpu().numpy()
-        ft = mesh.t_tex_idx.cpu().numpy() + 1
-        lines += [f"vt {a:.6f} {1.0 - b:.6f}" for a, b in vt]
-        lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f, ft)]
-    else:
-        lines += [f"f {a} {b} {c}" for a, b, c in f]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
@@ -296,7 +261,7 @@ def _check_folder(folder: Path, overwrite: bool) -> None:
 
 def _publish(staging: Path, folder: Path) -> None:
     """Move the outputs from ``staging`` into ``folder`` (replacing old ones), ``multi_views`` last, so a folder
-    with ``multi_views/`` is always a complete capture (what :func:`recon_kit.data.resolve_capture` checks)."""
+    with ``multi_views/`` is always a complete capture (what :func:`resolve_capture` checks)."""
     for name in sorted(OUTPUTS, key=lambda n: n == "multi_views"):
         target = folder / name
         if target.is_dir():
@@ -423,3 +388,18 @@ def spot_capture(folder: str | Path, spot_dir: str | Path | None = None, resolut
     v_pos, _, _ = normalize_to_unit(mesh.v_pos @ rot.T, radius)
     return render_capture(mesh.with_positions(v_pos), kd, folder, resolution=resolution, n_test=n_test,
                           overwrite=overwrite, **render_kw)
+
+
+def resolve_capture(input_dir: str | Path, work_dir: str | Path, demo_resolution: int = 256) -> Path:
+    """The capture folder for ``input_dir``; ``"demo"`` writes (once) a synthetic capture to
+    ``work_dir/demo_capture`` with :func:`write_demo_capture`."""
+    if str(input_dir) == "demo":
+        folder = Path(work_dir) / "demo_capture"
+        if not (folder / "multi_views").is_dir():
+            write_demo_capture(folder, resolution=demo_resolution)
+        return folder
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise DataError(f"capture folder {folder} does not exist (relative paths start at {Path.cwd()}); "
+                        "set input_dir to the folder holding multi_views/, or to 'demo'")
+    return folder

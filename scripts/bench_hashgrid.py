@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from recon_kit.materials import HashGridEncoder
+from recon_kit.model.hashgrid import HashGridEncoder
 
 
 def reference_forward(enc: HashGridEncoder, x: torch.Tensor) -> torch.Tensor:

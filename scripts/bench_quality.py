@@ -1,7 +1,15 @@
-"""Quality benchmark: synthetic objects with ground truth, rendered in the user's capture format (6 axis views at
-R², 8-bit depth at R/2, 24 random held-out views), reconstructed, and scored next to the visual-hull and
-fused-depth baselines of the same capture (recon_kit/benchmark.py does the work). Writes quality.json and
-quality.md into --out.
+"""Quality benchmark (recon_kit/runs/benchmark.py does the work), two parts:
+
+synth: synthetic objects with ground truth, rendered in the user's capture format (6 axis views at R², 8-bit
+depth at R/2, 24 random held-out views), reconstructed, and scored next to the visual-hull and fused-depth
+baselines of the same capture. Writes quality.json and quality.md into --out.
+
+shoe: variants of a real capture (a prepared dataset, e.g. the user's shoe) trained side by side, each a run in
+OUT/<name>/ with bench.json (6-view PSNR / SSIM / IoU under the learned and the written cameras, depth residual,
+fringe score, camera corrections, phase times, peak memory) and novel.png; OUT/summary.json and summary.md:
+
+    python scripts/bench_quality.py shoe --dataset <prepared>/1024 --preset gpu-default --out OUT \\
+        --variant base: --variant refine:cameras.refine=true,loss.edge_px=8 --jobs 4 [--set key=value ...]
 
 CPU, small (what docs/benchmarks.md "Quality benchmark" reports; CI runs a tinier one on the demo object):
 
@@ -27,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from recon_kit import benchmark
+from recon_kit.runs import benchmark
 
 
 def parse_set(items: list[str]) -> dict:
@@ -44,7 +52,16 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_variants(specs: list[str], common: dict) -> dict[str, dict]:
+    """``NAME:key=value,key=value`` (``NAME:`` = the preset as it is) -> name -> overrides, ``common`` first."""
+    variants = {}
+    for spec in specs or ["base:"]:
+        name, _, over = spec.partition(":")
+        variants[name] = {**common, **parse_set([s for s in over.split(",") if s])}
+    return variants
+
+
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
     s = sub.add_parser("synth", help="spot, bob and the demo object against their ground truth")
@@ -64,8 +81,19 @@ def main(argv: list[str] | None = None) -> dict:
     s.add_argument("--jobs", type=int, default=1, help="objects run as this many parallel processes")
     s.add_argument("--shared", default=None, help="folder holding assets/spot and assets/bob (default ../shared)")
     s.add_argument("--out", default="outputs/quality")
+    h = sub.add_parser("shoe", help="variants of a real capture side by side (no ground truth)")
+    h.add_argument("--dataset", required=True, help="a prepared dataset folder, e.g. <prepared>/1024")
+    h.add_argument("--preset", default="gpu-default")
+    h.add_argument("--out", required=True)
+    h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    h.add_argument("--variant", action="append", default=[], help="NAME:key=value,key=value (NAME: = the preset)")
+    h.add_argument("--jobs", type=int, default=1, help="variants run as this many parallel processes")
     a = ap.parse_args(argv)
     overrides = parse_set(a.set)
+    if a.part == "shoe":
+        rows = benchmark.run_shoe(a.dataset, a.out, parse_variants(a.variant, overrides), a.preset, a.jobs)
+        print(benchmark.shoe_table(rows))
+        return rows
     if a.iterations:
         overrides.update({"pass1.iterations": a.iterations[0], "pass2.iterations": a.iterations[1]})
     settings = benchmark.BenchSettings(res=a.res, preset=a.preset, overrides=overrides, inits=tuple(a.inits),

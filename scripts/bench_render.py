@@ -15,7 +15,7 @@ import torch
 import trimesh
 
 from recon_kit import cameras as C
-from recon_kit.light import EnvLight
+from recon_kit.render.envlight import EnvLight
 from recon_kit.mesh import Mesh
 from recon_kit.render import get_rasterizer, render_mesh
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from recon_kit import config, data, train
+from recon_kit import config
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.runs import run as rk_run
 
 
 def _sync(device: torch.device) -> None:
@@ -42,9 +44,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in a.set)}
     cfg = config.resolve(a.preset, overrides)
-    views = data.load_viewset(a.dataset, resolution=cfg.data.resolution)
+    views = rk_dataset.load_viewset(a.dataset, resolution=cfg.data.resolution)
     t0 = time.perf_counter()
-    tr = train.new_trainer(cfg, views, a.run_dir, overwrite=a.overwrite)
+    tr = rk_run.new_trainer(cfg, views, a.run_dir, overwrite=a.overwrite)
     dev = tr.device
     _sync(dev)
     t_setup = time.perf_counter() - t0
@@ -63,7 +65,7 @@ def main() -> None:
     _sync(dev)
     t_p2 = time.perf_counter() - t3
     t4 = time.perf_counter()
-    result = train.finish(tr, a.dataset)
+    result = rk_run.finish(tr, a.dataset)
     t_finish = time.perf_counter() - t4
     n1, n2 = cfg.pass1.iterations, max(1, cfg.pass2.iterations - 1)
     bench = {

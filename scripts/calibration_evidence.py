@@ -28,8 +28,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from recon_kit import data, posecheck  # noqa: E402
-from recon_kit.hull import project_depth, view_votes  # noqa: E402
+from recon_kit.data import capture as rk_capture
+from recon_kit.data import masks as rk_masks
+from recon_kit import posecheck
+from recon_kit.model.hull import project_depth, view_votes  # noqa: F401
 
 
 def depth_fits(cameras, masks: torch.Tensor, depths: torch.Tensor, angle: float, res: int) -> tuple[float, float]:
@@ -63,9 +65,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     angles = np.arange(a.angles[0], a.angles[1] + 1e-9, a.angles[2])
 
-    capture = data.load_capture(a.capture, max_size=a.size, require_depth=True)
-    by_depth = data.compute_masks(capture, "depth")
-    by_photo = data.compute_masks(capture, "background")
+    capture = rk_capture.load_capture(a.capture, max_size=a.size, require_depth=True)
+    by_depth = rk_masks.compute_masks(capture, "depth")
+    by_photo = rk_masks.compute_masks(capture, "background")
     cams = [v.camera for v in capture.views]
     m_depth = torch.tensor(np.stack([v.mask for v in by_depth.views]), dtype=torch.float32)
     m_photo = torch.tensor(np.stack([v.mask for v in by_photo.views]), dtype=torch.float32)

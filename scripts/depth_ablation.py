@@ -10,7 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
-from recon_kit import config, data, metrics, synth, train
+from recon_kit import config
+from recon_kit.data import dataset as rk_dataset
+from recon_kit import evaluate
+from recon_kit.runs import run as rk_run
+from recon_kit import synth
 
 
 def main() -> None:
@@ -31,15 +35,15 @@ def main() -> None:
             synth.spot_capture(cap, resolution=2 * a.resolution, n_test=8)
     ds = out / "data"
     if not ds.exists():
-        data.prepare_dataset(cap, ds, [a.resolution], progress=False)
+        rk_dataset.prepare_dataset(cap, ds, [a.resolution], progress=False)
     dataset = ds / str(a.resolution)
     rows = []
     for w in a.weights:
         overrides = {"loss.depth": w, "data.resolution": a.resolution, "snapshot_every": 0}
         overrides.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
         run = out / f"depth_{w:g}"
-        result = train.train_from_config(a.preset, dataset, run, overrides, overwrite=True, progress=False)
-        geo = metrics.chamfer_fscore(run / "mesh" / "mesh.obj", dataset / "gt_mesh.obj", n_points=50_000)
+        result = rk_run.train_from_config(a.preset, dataset, run, overrides, overwrite=True, progress=False)
+        geo = evaluate.chamfer_fscore(run / "mesh" / "mesh.obj", dataset / "gt_mesh.obj", n_points=50_000)
         rows.append({"depth_weight": w, "chamfer_l1_pct": 100 * geo["chamfer_l1"], "fscore_1pct": geo["fscore"],
                      "normal_consistency": geo["normal_consistency"], "test_iou": result.get("test_iou"),
                      "test_psnr": result.get("test_psnr")})

@@ -13,7 +13,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from recon_kit import config, data, train
+from recon_kit import config
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.train import trainer
 
 
 def main() -> None:
@@ -31,7 +33,7 @@ def main() -> None:
     if a.pass2:
         overrides.setdefault("pass1.iterations", 2)
     cfg = config.resolve(a.preset, overrides)
-    tr = train.Trainer(cfg, data.load_viewset(a.dataset, resolution=cfg.data.resolution), None)
+    tr = trainer.Trainer(cfg, rk_dataset.load_viewset(a.dataset, resolution=cfg.data.resolution), None)
     if a.pass2:
         tr.run(cfg.pass1.iterations, progress=False)
     tr.run(a.warmup, progress=False)

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from recon_kit import benchmark
+from recon_kit.runs import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +40,25 @@ def test_bench_quality_runs_on_the_demo_object_and_every_metric_is_finite(tmp_pa
 def test_set_values_parse_as_json_or_strings():
     assert _script().parse_set(["pass1.iterations=20", "geometry.init=depth", "data.use_depth=false"]) == {
         "pass1.iterations": 20, "geometry.init": "depth", "data.use_depth": False}
+
+
+def test_bench_quality_shoe_runs_variants_of_a_prepared_capture(tmp_path):
+    dataset = benchmark.render_object("demo", tmp_path / "demo", 64, n_test=2, seed=0, device="cpu")
+    rows = _script().main([
+        "shoe", "--dataset", str(dataset), "--preset", "cpu-small", "--out", str(tmp_path / "shoe"),
+        "--variant", "refine:cameras.refine=true,loss.edge_px=2",
+        "--set", "data.resolution=64", "--set", "pass1.iterations=8", "--set", "pass2.iterations=4",
+        "--set", "geometry.grid_res=24", "--set", "geometry.hull_res=32", "--set", "material.texture_res=64",
+        "--set", "compile=off", "--set", "checkpoint_every=0", "--set", "snapshot_every=0"])
+    assert [r["variant"] for r in rows] == ["refine"]
+    row = rows[0]
+    for key in ("train_psnr", "written_psnr", "train_ssim", "train_iou", "fringe", "fringe_photos"):
+        assert isinstance(row[key], float) and math.isfinite(row[key]), key
+    assert len(row["camera_corrections"]) == 6
+    assert (tmp_path / "shoe" / "refine" / "novel.png").exists()
+    assert "| refine |" in (tmp_path / "shoe" / "summary.md").read_text()
+
+
+def test_shoe_variants_parse_with_the_common_overrides_first():
+    assert _script().parse_variants(["base:", "r:cameras.refine=true,loss.edge_px=8"], {"loss.edge_px": 0}) == {
+        "base": {"loss.edge_px": 0}, "r": {"loss.edge_px": 8, "cameras.refine": True}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import nbformat
 import pytest
 
 from recon_kit import notebooks as rk_nb
-from recon_kit.cli import _overrides, _parse_value, main
+from recon_kit.cli import main
+from recon_kit.config import parse_overrides as _overrides, parse_value as _parse_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,10 +178,11 @@ def test_demo_wires_notebooks(tmp_path):
 
 
 def test_check_poses_writes_a_calibrated_copy(tmp_path):
-    from recon_kit import data, synth
+    from recon_kit.data import dataset as rk_dataset
+    from recon_kit import synth
 
     cap = synth.write_demo_capture(tmp_path / "capture", resolution=64, n_test=0)
-    data.prepare_dataset(cap, tmp_path / "data", resolutions=(64,), progress=False)
+    rk_dataset.prepare_dataset(cap, tmp_path / "data", resolutions=(64,), progress=False)
     ds = tmp_path / "data" / "64"
     before = (ds / "transforms.json").read_text()
     res = cli("check-poses", str(ds), "--grid-res", "32", "--mesh-scale", "2.2", "--write-corrected",
@@ -190,3 +193,49 @@ def test_check_poses_writes_a_calibrated_copy(tmp_path):
     assert (ds / "transforms.json").read_text() == before
     again = cli("check-poses", str(ds), "--grid-res", "32", "--write-corrected", "--apply-calibration")
     assert again.returncode != 0 and "overwrite" in again.stderr
+
+
+def _notebook_parameters(name: str) -> dict:
+    nb = json.loads((ROOT / "notebooks" / name).read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    out = {}
+    for node in ast.parse("".join(cell["source"])).body:
+        if isinstance(node, ast.AnnAssign):
+            out[node.target.id] = ast.literal_eval(node.value)
+    return out
+
+
+def test_cli_names_and_defaults_follow_the_library_and_the_notebooks():
+    """One name per parameter: the CLI's fields are the library function's parameters (same defaults) and the
+    notebook's parameters cell uses the same names (same defaults where the notebook does not pick its own)."""
+    import dataclasses
+    import inspect as pyinspect
+
+    from recon_kit.cli import CheckPoses, Prepare
+    from recon_kit.data.dataset import prepare_dataset
+    from recon_kit.posecheck import run_check
+
+    for cls, func, notebook, own in ((Prepare, prepare_dataset, "01_prepare_data.ipynb",
+                                      {"input_dir", "output_dir", "resolutions", "align"}),
+                                     (CheckPoses, run_check, "02_check_poses.ipynb", {"dataset_dir", "output_dir"})):
+        params = pyinspect.signature(func).parameters
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, default in fields.items():
+            assert name in params, f"{cls.__name__}.{name} is not a parameter of {func.__name__}"
+            if params[name].default is not pyinspect.Parameter.empty and default is not dataclasses.MISSING:
+                assert default == params[name].default, (cls.__name__, name)
+        nb = _notebook_parameters(notebook)
+        for name, value in nb.items():
+            assert name in fields, f"{notebook} parameter {name!r} has no CLI flag in {cls.__name__}"
+            if name not in own:
+                assert fields[name] == value, (notebook, name, fields[name], value)
+
+
+def test_train_takes_typed_config_flags(tmp_path):
+    from recon_kit.cli import parse
+
+    cmd = parse(["train", "cpu-small", "--dataset-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
+                 "--pass1.iterations", "7", "--material.kd-min", "0", "0.1", "0", "--geometry.init", "sphere",
+                 "--set", "pass2.iterations=3"])
+    assert cmd.overrides() == {"pass1.iterations": 7, "material.kd_min": [0.0, 0.1, 0.0], "geometry.init": "sphere",
+                               "pass2.iterations": 3}

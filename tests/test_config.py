@@ -50,7 +50,7 @@ def test_users_nvdiffrec_config_maps():
     cfg = C.ReconConfig.load(path)
     assert cfg.data.resolution == 1024 and cfg.pass1.batch == 2 and cfg.geometry.grid_res == 128
     assert cfg.pass1.lr_pos == 0.03 and cfg.pass2.lr_mat == 0.01 and cfg.geometry.laplace_scale == 3000
-    assert cfg.material.ks_min == [0, 0.08, 0] and cfg.material.texture_res == 1024
+    assert cfg.material.ks_min == (0.0, 0.08, 0.0) and cfg.material.texture_res == 1024
     assert cfg.geometry.init == "random" and cfg.data.val_background == "white"
 
 

@@ -12,9 +12,17 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from recon_kit import data
+from recon_kit import color
+from recon_kit.data import align as rk_align
+from recon_kit.data import capture as rk_capture
+from recon_kit import synth
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.data import masks as rk_masks
+from recon_kit.io import images as rk_images
+from recon_kit.io import transforms as rk_transforms
 from recon_kit.cameras import AXIS_VIEWS, axis_rig_c2w, focal_from_fov
-from recon_kit.data import DataError, Similarity
+from recon_kit.io.images import DataError
+from recon_kit.data.capture import Similarity
 from recon_kit.viz import images
 
 
@@ -68,31 +76,31 @@ def assert_names(exc: pytest.ExceptionInfo, *parts: str) -> None:
 
 def test_srgb_linear_roundtrip_numpy_and_torch():
     x = np.linspace(0, 1, 101, dtype=np.float32)
-    lin = data.srgb_to_linear(x)
+    lin = color.srgb_to_linear(x)
     assert lin.dtype == np.float32
-    assert lin[0] == 0 and abs(lin[-1] - 1) < 1e-6 and abs(data.srgb_to_linear(np.float32(0.5)) - 0.21404) < 1e-4
-    np.testing.assert_allclose(data.linear_to_srgb(lin), x, atol=1e-5)
+    assert lin[0] == 0 and abs(lin[-1] - 1) < 1e-6 and abs(color.srgb_to_linear(np.float32(0.5)) - 0.21404) < 1e-4
+    np.testing.assert_allclose(color.linear_to_srgb(lin), x, atol=1e-5)
     t = torch.tensor(x, requires_grad=True)
-    lt = data.srgb_to_linear(t)
+    lt = color.srgb_to_linear(t)
     np.testing.assert_allclose(lt.detach().numpy(), lin, atol=1e-6)
-    np.testing.assert_allclose(data.linear_to_srgb(lt).detach().numpy(), x, atol=1e-5)
-    data.linear_to_srgb(lt).sum().backward()
+    np.testing.assert_allclose(color.linear_to_srgb(lt).detach().numpy(), x, atol=1e-5)
+    color.linear_to_srgb(lt).sum().backward()
     assert torch.isfinite(t.grad).all()
-    assert data.srgb_to_linear(np.array([0, 255], np.uint8) / 255.0)[1] == pytest.approx(1.0)
+    assert color.srgb_to_linear(np.array([0, 255], np.uint8) / 255.0)[1] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------------------------ resizing
 
 
 def test_fit_size_and_resize_nearest_keep_values():
-    assert data.fit_size(2048, 2048, 512) == (512, 512)
-    assert data.fit_size(200, 100, 64) == (64, 32)
+    assert rk_images.fit_size(2048, 2048, 512) == (512, 512)
+    assert rk_images.fit_size(200, 100, 64) == (64, 32)
     a = np.arange(16, dtype=np.float32).reshape(4, 4)
-    up = data.resize_nearest(a, 8, 8)
+    up = rk_images.resize_nearest(a, 8, 8)
     assert up.shape == (8, 8) and set(np.unique(up)) == set(np.unique(a)) and up[7, 7] == 15
-    down = data.resize_nearest(a, 2, 2)
+    down = rk_images.resize_nearest(a, 2, 2)
     assert set(down.ravel()) <= set(a.ravel())
-    area = data.resize_area(np.ones((4, 4), np.float32), 2, 2)
+    area = rk_images.resize_area(np.ones((4, 4), np.float32), 2, 2)
     np.testing.assert_allclose(area, 1.0)
 
 
@@ -104,10 +112,10 @@ def test_clean_mask_removes_specks_and_fills_holes():
     m[30:34, 30:34] = False  # hole
     m[2, 2] = m[60, 5:7] = True  # specks
     m[5:8, 50:53] = True  # a small blob that survives the opening (9 px < 1% of the disc)
-    out = data.clean_mask(m)
+    out = rk_masks.clean_mask(m)
     assert out[32, 32] and not out[2, 2] and not out[60, 5] and not out[6, 51]
-    assert data.mask_iou(out, disc(64, 64, 32, 32, 20)) > 0.97
-    keep = data.clean_mask(m, opening=0, min_component=0, fill_holes=False)
+    assert rk_masks.mask_iou(out, disc(64, 64, 32, 32, 20)) > 0.97
+    keep = rk_masks.clean_mask(m, opening=0, min_component=0, fill_holes=False)
     np.testing.assert_array_equal(keep, m)
 
 
@@ -115,15 +123,15 @@ def test_mask_from_background_alpha_depth_and_iou():
     rgb = np.full((48, 48, 3), 252, np.uint8)
     m = disc(48, 48, 24, 24, 12)
     rgb[m] = (180, 30, 30)
-    assert np.allclose(data.estimate_background(rgb), 252)
-    fg = data.mask_from_background(rgb)
-    assert data.mask_iou(fg, m) > 0.97
-    assert data.mask_iou(data.mask_from_alpha(m.astype(np.uint8) * 255), m) == 1.0
+    assert np.allclose(rk_masks.estimate_background(rgb), 252)
+    fg = rk_masks.mask_from_background(rgb)
+    assert rk_masks.mask_iou(fg, m) > 0.97
+    assert rk_masks.mask_iou(rk_masks.mask_from_alpha(m.astype(np.uint8) * 255), m) == 1.0
     depth = np.zeros((24, 24), np.float32)
     depth[disc(24, 24, 12, 12, 6)] = 3.0
-    assert data.mask_iou(data.mask_from_depth(depth, (48, 48)), m) > 0.9  # 2x nearest upsampling of a small disc
-    assert data.mask_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
-    assert data.mask_iou(m, ~m) == 0.0
+    assert rk_masks.mask_iou(rk_masks.mask_from_depth(depth, (48, 48)), m) > 0.9  # 2x nearest upsampling of a small disc
+    assert rk_masks.mask_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+    assert rk_masks.mask_iou(m, ~m) == 0.0
 
 
 def test_clean_depth_zeroes_specks_and_fills_holes_with_neighbours():
@@ -131,7 +139,7 @@ def test_clean_depth_zeroes_specks_and_fills_holes_with_neighbours():
     d[disc(32, 32, 16, 16, 10)] = 5.0
     d[16, 16] = 0.0  # hole
     d[1, 1] = 9.0  # speck
-    out = data.clean_depth(d)
+    out = rk_masks.clean_depth(d)
     assert out[1, 1] == 0 and out[16, 16] == 5.0 and out.dtype == np.float32
 
 
@@ -139,7 +147,7 @@ def test_clean_depth_zeroes_specks_and_fills_holes_with_neighbours():
 
 
 def test_load_capture_canonical_views_axis_rig(capture_dir):
-    cap = data.load_capture(capture_dir, progress=False)
+    cap = rk_capture.load_capture(capture_dir, progress=False)
     assert cap.names == list(AXIS_VIEWS) and cap.pose_source == "axis rig" and len(cap) == 6
     v = cap["left"]
     assert v.rgb.shape == (64, 64, 3) and v.rgb.dtype == np.uint8 and v.alpha is None
@@ -147,7 +155,7 @@ def test_load_capture_canonical_views_axis_rig(capture_dir):
     assert set(np.unique(v.depth)) == {0.0, 7.0, 102.0}  # raw 8-bit values, nearest-resized, speck still there
     np.testing.assert_allclose(v.camera.c2w, axis_rig_c2w("left", 3.0))
     assert v.camera.fx == pytest.approx(focal_from_fov(0.85, 64)) and (v.camera.width, v.camera.height) == (64, 64)
-    small = data.load_capture(capture_dir, ["top", "front"], max_size=32, distance=2.0, progress=False)
+    small = rk_capture.load_capture(capture_dir, ["top", "front"], max_size=32, distance=2.0, progress=False)
     assert small.names == ["top", "front"] and small["top"].rgb.shape == (32, 32, 3)
     assert small["top"].camera.width == 32 and small["top"].camera.position[1] == pytest.approx(2.0)
 
@@ -155,10 +163,10 @@ def test_load_capture_canonical_views_axis_rig(capture_dir):
 def test_load_capture_16bit_depth_other_size_and_alpha(tmp_path):
     root = write_capture(tmp_path / "c", views=("front", "back"), size=(40, 40), depth_size=(100, 100),
                          depth_bits=16, alpha=True)
-    cap = data.load_capture(root, progress=False)
+    cap = rk_capture.load_capture(root, progress=False)
     assert cap["back"].alpha is not None and cap["back"].depth.shape == (40, 40)
     assert cap["back"].depth.max() == 30001
-    masks = data.compute_masks(cap, "alpha")
+    masks = rk_masks.compute_masks(cap, "alpha")
     assert masks.mask_source == "alpha" and masks["front"].mask.sum() > 100
 
 
@@ -168,24 +176,24 @@ def test_capture_with_transforms_and_other_names(tmp_path):
     frames = [{"file_path": f"./train/{n}", "transform_matrix": axis_rig_c2w(v, 2.0).tolist()}
               for n, v in zip(names[::-1], ("front", "left", "top"))]
     (root / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": frames}))
-    cap = data.load_capture(root, progress=False)
+    cap = rk_capture.load_capture(root, progress=False)
     assert cap.names == ["cam_c", "cam_b", "cam_a"] and cap.pose_source == "transforms.json"
     np.testing.assert_allclose(cap["cam_b"].camera.c2w, axis_rig_c2w("left", 2.0))
     assert cap["cam_a"].camera.camera_angle_x == pytest.approx(0.7)
     assert (cap["cam_a"].camera.width, cap["cam_a"].camera.height) == (60, 40)
-    # a photo without a frame: warn and skip, or raise
+    # a photo without a frame: an error by default (issue 16), or warn and skip when asked
     write_capture(root, views=("cam_extra",), size=(60, 40), depth_size=(30, 20))
     with pytest.warns(UserWarning, match="cam_extra"):
-        assert "cam_extra" not in data.load_capture(root, progress=False).names
+        assert "cam_extra" not in rk_capture.load_capture(root, missing="warn", progress=False).names
     with pytest.raises(DataError) as exc:
-        data.load_capture(root, missing="error", progress=False)
+        rk_capture.load_capture(root, progress=False)
     assert_names(exc, "cam_extra.png", "transforms.json")
 
 
 def test_resolve_capture_path(capture_dir, tmp_path):
-    assert data.resolve_capture(str(capture_dir), tmp_path / "work") == capture_dir
+    assert synth.resolve_capture(str(capture_dir), tmp_path / "work") == capture_dir
     with pytest.raises(DataError) as exc:
-        data.resolve_capture(tmp_path / "nope", tmp_path / "work")
+        synth.resolve_capture(tmp_path / "nope", tmp_path / "work")
     assert_names(exc, "nope", "input_dir")
 
 
@@ -195,54 +203,54 @@ def test_resolve_capture_path(capture_dir, tmp_path):
 def test_error_no_views(tmp_path):
     (tmp_path / "empty" / "multi_views").mkdir(parents=True)
     with pytest.raises(DataError) as exc:
-        data.load_capture(tmp_path / "empty")
+        rk_capture.load_capture(tmp_path / "empty")
     assert_names(exc, "no views found", "multi_views/<view>.png")
     assert isinstance(exc.value, ValueError)
     with pytest.raises(DataError, match="does not exist"):
-        data.load_capture(tmp_path / "missing")
+        rk_capture.load_capture(tmp_path / "missing")
 
 
 def test_error_view_without_depth_when_depth_masks_requested(capture_dir):
     (capture_dir / "depth_renders" / "top.png").unlink()
     with pytest.raises(DataError) as exc:
-        data.load_capture(capture_dir, require_depth=True)
+        rk_capture.load_capture(capture_dir, require_depth=True)
     assert_names(exc, "top.png", "mask_source='alpha'")
-    cap = data.load_capture(capture_dir, progress=False)
+    cap = rk_capture.load_capture(capture_dir, progress=False)
     assert cap["top"].depth is None
     with pytest.raises(DataError) as exc:
-        data.compute_masks(cap, "depth")
+        rk_masks.compute_masks(cap, "depth")
     assert_names(exc, "top", "depth_renders", "mask_source")
-    assert data.compute_masks(cap, "background")["top"].mask.any()
+    assert rk_masks.compute_masks(cap, "background")["top"].mask.any()
     with pytest.raises(DataError, match="alpha channel"):
-        data.compute_masks(cap, "alpha")
+        rk_masks.compute_masks(cap, "alpha")
 
 
 def test_error_empty_mask(capture_dir):
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(capture_dir / "depth_renders" / "back.png")
-    cap = data.load_capture(capture_dir, progress=False)
+    cap = rk_capture.load_capture(capture_dir, progress=False)
     with pytest.raises(DataError) as exc:
-        data.compute_masks(cap, "depth")
+        rk_masks.compute_masks(cap, "depth")
     assert_names(exc, "empty", str(capture_dir / "depth_renders" / "back.png"), "mask_source")
 
 
 def test_error_unreadable_image(capture_dir):
     (capture_dir / "multi_views" / "right.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError) as exc:
-        data.load_capture(capture_dir, progress=False)
+        rk_capture.load_capture(capture_dir, progress=False)
     assert_names(exc, "right.png", "not a readable image", "re-export")
 
 
 def test_error_aspect_mismatch(capture_dir):
     Image.fromarray(np.full((32, 48), 100, np.uint8)).save(capture_dir / "depth_renders" / "front.png")
     with pytest.raises(DataError) as exc:
-        data.load_capture(capture_dir, progress=False)
+        rk_capture.load_capture(capture_dir, progress=False)
     assert_names(exc, "aspect", "front.png", "64x64", "48x32")
 
 
 def test_error_non_axis_names_without_transforms(tmp_path):
     root = write_capture(tmp_path / "c", views=("front", "closeup"))
     with pytest.raises(DataError) as exc:
-        data.load_capture(root)
+        rk_capture.load_capture(root)
     assert_names(exc, "closeup", "transforms.json", "axis_rig_transforms")
 
 
@@ -250,31 +258,31 @@ def test_error_transforms_invalid_json_and_missing_intrinsics(capture_dir):
     t = capture_dir / "transforms.json"
     t.write_text('{"camera_angle_x": 0.85, "frames": [],}')
     with pytest.raises(DataError) as exc:
-        data.load_capture(capture_dir)
+        rk_capture.load_capture(capture_dir)
     assert_names(exc, str(t), "not valid JSON", "trailing commas")
     t.write_text(json.dumps({"frames": [{"file_path": "multi_views/front.png",
-                                         "transform_matrix": np.eye(4).tolist()}]}))
+                                         "transform_matrix": axis_rig_c2w("front").tolist()}]}))
     with pytest.raises(DataError) as exc:
-        data.read_transforms(t)
+        rk_transforms.read_transforms(t)
     assert_names(exc, str(t), "intrinsics", "camera_angle_x", "fl_x")
     t.write_text(json.dumps({"camera_angle_x": 1}))
     with pytest.raises(DataError, match="frames"):
-        data.read_transforms(t)
+        rk_transforms.read_transforms(t)
 
 
 def test_existing_output_needs_overwrite(capture_dir, tmp_path):
-    cap = data.compute_masks(data.load_capture(capture_dir, progress=False))
+    cap = rk_masks.compute_masks(rk_capture.load_capture(capture_dir, progress=False))
     out = tmp_path / "out"
-    data.write_dataset(cap, out, [16], progress=False)
+    rk_dataset.write_dataset(cap, out, [16], progress=False)
     marker = out / "16" / "marker.txt"
     marker.write_text("x")
     with pytest.raises(DataError) as exc:
-        data.write_dataset(cap, out, [8, 16], progress=False)
+        rk_dataset.write_dataset(cap, out, [8, 16], progress=False)
     assert_names(exc, str(out / "16"), "overwrite=True")
     assert marker.exists() and not (out / "8").exists()  # nothing written when refused
     with pytest.raises(DataError, match="overwrite=True"):
-        data.prepare_dataset(capture_dir, out, [16], progress=False)
-    data.write_dataset(cap, out, [16], overwrite=True, progress=False)
+        rk_dataset.prepare_dataset(capture_dir, out, [16], progress=False)
+    rk_dataset.write_dataset(cap, out, [16], overwrite=True, progress=False)
     assert not marker.exists() and (out / "16" / "transforms.json").exists()
     assert not list(out.glob(".*partial"))
 
@@ -283,7 +291,7 @@ def test_existing_output_needs_overwrite(capture_dir, tmp_path):
 
 
 def test_axis_rig_transforms_structure():
-    t = data.axis_rig_transforms(0.6, 2.5, views=("front", "top"), file_path="./x/{view}")
+    t = rk_transforms.axis_rig_transforms(0.6, 2.5, views=("front", "top"), file_path="./x/{view}")
     assert t["camera_angle_x"] == 0.6 and [f["file_path"] for f in t["frames"]] == ["./x/front", "./x/top"]
     np.testing.assert_allclose(t["frames"][1]["transform_matrix"], axis_rig_c2w("top", 2.5))
     json.dumps(t)
@@ -291,7 +299,7 @@ def test_axis_rig_transforms_structure():
 
 def test_axis_rig_transforms_reproduce_seed(shoe_dir):
     ref = json.loads((shoe_dir / "reference" / "transforms_seed.json").read_text())
-    ours = data.axis_rig_transforms()
+    ours = rk_transforms.axis_rig_transforms()
     assert ours["camera_angle_x"] == ref["camera_angle_x"]
     assert [Path(f["file_path"]).stem for f in ours["frames"]] == [Path(f["file_path"]).stem for f in ref["frames"]]
     for a, b in zip(ours["frames"], ref["frames"]):
@@ -307,7 +315,7 @@ def test_read_transforms_nerf_synthetic_without_extension(tmp_path):
     Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "train" / "r_0.png")
     (tmp_path / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.85,
                                                           "frames": [_frame("./train/r_0", "left")]}))
-    (cam,) = data.read_transforms(tmp_path / "transforms.json")
+    (cam,) = rk_transforms.read_transforms(tmp_path / "transforms.json")
     assert cam.name == "r_0" and (cam.width, cam.height) == (40, 20)
     assert cam.fx == pytest.approx(focal_from_fov(0.85, 40)) and cam.fy == pytest.approx(cam.fx)
     assert (cam.cx, cam.cy) == (20.0, 10.0) and cam.meta["file_path"] == tmp_path / "train" / "r_0.png"
@@ -323,7 +331,7 @@ def test_read_transforms_ngp_global_and_per_frame_intrinsics(tmp_path):
             "frames": [_frame("a.jpg", depth_file_path="a_depth.png"),
                        _frame("b.jpg", "back", fl_x=50.0, fl_y=50.0, cx=20.0, cy=10.0, w=40, h=20)]}
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
-    a, b = data.read_transforms(tmp_path / "transforms.json")
+    a, b = rk_transforms.read_transforms(tmp_path / "transforms.json")
     assert (a.width, a.height) == (40, 20)
     assert (a.fx, a.fy, a.cx, a.cy) == pytest.approx((50.0, 55.0, 20.5, 9.5))  # rescaled to the image size
     assert a.meta["depth_file_path"] == tmp_path / "a_depth.png"
@@ -335,22 +343,22 @@ def test_read_transforms_missing_images_warn_or_error(tmp_path):
     (tmp_path / "transforms.json").write_text(json.dumps(
         {"camera_angle_x": 0.85, "frames": [_frame("front.png"), _frame("gone.png", "back")]}))
     with pytest.warns(UserWarning, match="gone.png"):
-        cams = data.read_transforms(tmp_path / "transforms.json")
+        cams = rk_transforms.read_transforms(tmp_path / "transforms.json")
     assert [c.name for c in cams] == ["front"]
     with pytest.raises(DataError) as exc:
-        data.read_transforms(tmp_path / "transforms.json", missing="error")
+        rk_transforms.read_transforms(tmp_path / "transforms.json", missing="error")
     assert_names(exc, "gone.png", "add the image or remove the frame")
     with pytest.raises(ValueError, match="missing must be"):
-        data.read_transforms(tmp_path / "transforms.json", missing="ignore")
+        rk_transforms.read_transforms(tmp_path / "transforms.json", missing="ignore")
 
 
 def test_transforms_dict_intrinsics_forms():
     from recon_kit.cameras import Camera
     same = [Camera.from_fov(axis_rig_c2w(v), 0.85, 32, 16, name=v) for v in ("front", "back")]
-    t = data.transforms_dict(same, ["train/front.png", "train/back.png"])
+    t = rk_transforms.transforms_dict(same, ["train/front.png", "train/back.png"])
     assert t["camera_angle_x"] == pytest.approx(0.85) and (t["w"], t["h"]) == (32, 16) and "fl_x" not in t
     off = [Camera(axis_rig_c2w("front"), 30.0, 31.0, 15.0, 8.0, 32, 16), Camera(np.eye(4), 20.0, 20.0, 16, 8, 32, 16)]
-    t = data.transforms_dict(off, ["a.png", "b.png"])
+    t = rk_transforms.transforms_dict(off, ["a.png", "b.png"])
     assert "camera_angle_x" not in t and t["frames"][1]["fl_x"] == 20.0 and t["frames"][0]["fl_y"] == 31.0
 
 
@@ -363,18 +371,18 @@ def test_similarity_warp_moves_content():
     moved = Similarity(1.0, 0.25, 0.0).warp(a)  # 10 pixels to the right
     assert moved[10:14, 20:24].all() and moved.sum() == 16
     grown = Similarity(2.0, -0.5, -0.5).warp(disc(40, 40, 20, 20, 5))  # scaled about the centre
-    assert data.mask_iou(grown, disc(40, 40, 20, 20, 10)) > 0.9
+    assert rk_masks.mask_iou(grown, disc(40, 40, 20, 20, 10)) > 0.9
     assert Similarity().warp(a) is a and Similarity().is_identity
 
 
 def test_alignment_recovers_shift_and_scale(tmp_path):
     root = write_capture(tmp_path / "c", views=("front", "left"), size=(128, 128), depth_size=(64, 64),
                          depth_shift=(0.08, -0.05), depth_scale=0.85)
-    cap = data.compute_masks(data.load_capture(root, progress=False))
-    fg = data.foreground_masks(cap)
-    before = data.mask_agreement(cap, fg)
-    aligned = data.align_capture(cap, fg, progress=False)
-    after = data.mask_agreement(aligned, fg)
+    cap = rk_masks.compute_masks(rk_capture.load_capture(root, progress=False))
+    fg = rk_masks.foreground_masks(cap)
+    before = rk_masks.mask_agreement(cap, fg)
+    aligned = rk_align.align_capture(cap, fg, progress=False)
+    after = rk_masks.mask_agreement(aligned, fg)
     for n in cap.names:
         assert before[n] < 0.7 and after[n] > 0.95
         sim = aligned[n].similarity
@@ -382,20 +390,20 @@ def test_alignment_recovers_shift_and_scale(tmp_path):
         # the depth disc centre (0.58, 0.45) must land on the photo's centre (0.5, 0.5)
         assert sim.scale * 0.58 + sim.tx == pytest.approx(0.5, abs=0.01)
         assert sim.scale * 0.45 + sim.ty == pytest.approx(0.5, abs=0.01)
-        assert data.mask_iou(aligned[n].mask, aligned[n].depth > 0) == 1.0  # depth mask moved with the depth
+        assert rk_masks.mask_iou(aligned[n].mask, aligned[n].depth > 0) == 1.0  # depth mask moved with the depth
     # already aligned: identity kept
     root2 = write_capture(tmp_path / "d", views=("front",), size=(64, 64), depth_size=(64, 64), speck=False)
-    cap2 = data.compute_masks(data.load_capture(root2, progress=False))
-    assert data.align_capture(cap2, progress=False)["front"].similarity.scale == pytest.approx(1.0, abs=0.02)
+    cap2 = rk_masks.compute_masks(rk_capture.load_capture(root2, progress=False))
+    assert rk_align.align_capture(cap2, progress=False)["front"].similarity.scale == pytest.approx(1.0, abs=0.02)
 
 
 # ------------------------------------------------------------------------------------------ dataset + ViewSet
 
 
 def test_write_dataset_layout_and_load_viewset(capture_dir, tmp_path):
-    cap = data.compute_masks(data.load_capture(capture_dir, progress=False))
+    cap = rk_masks.compute_masks(rk_capture.load_capture(capture_dir, progress=False))
     out = tmp_path / "out"
-    folders = data.write_dataset(cap, out, [16, 32], progress=False)
+    folders = rk_dataset.write_dataset(cap, out, [16, 32], progress=False)
     assert folders == {16: out / "16", 32: out / "32"}
     meta = json.loads((out / "32" / "transforms.json").read_text())
     assert meta["camera_angle_x"] == pytest.approx(0.85) and (meta["w"], meta["h"]) == (32, 32)
@@ -412,18 +420,18 @@ def test_write_dataset_layout_and_load_viewset(capture_dir, tmp_path):
         alpha = np.asarray(rgba)[..., 3]
         assert ((alpha > 127) == (d > 0)).mean() > 0.97
 
-    vs = data.load_viewset(out)  # largest resolution by default
+    vs = rk_dataset.load_viewset(out)  # largest resolution by default
     assert len(vs) == 6 and vs.names == list(AXIS_VIEWS) and vs.rgb_linear.shape == (6, 32, 32, 3)
     assert vs.mask.shape == (6, 32, 32) and vs.depth.shape == (6, 32, 32) and vs.rgb_linear.dtype == torch.float32
     assert vs.mask.min() >= 0 and vs.mask.max() <= 1 and vs.mask[:, 16, 16].eq(1).all()
     srgb = np.asarray(Image.open(out / "32" / "train" / "front.png"))[16, 16, :3] / 255.0
-    np.testing.assert_allclose(vs.rgb_linear[0, 16, 16].numpy(), data.srgb_to_linear(srgb), atol=1e-6)
+    np.testing.assert_allclose(vs.rgb_linear[0, 16, 16].numpy(), color.srgb_to_linear(srgb), atol=1e-6)
     assert vs.depth[1].max() == 101 and vs.cameras[0].width == 32
     assert vs.cameras[0].fx == pytest.approx(focal_from_fov(0.85, 32))
 
-    v16 = data.load_viewset(out, resolution=16)
+    v16 = rk_dataset.load_viewset(out, resolution=16)
     assert v16.rgb_linear.shape[1:3] == (16, 16) and v16.cameras[2].width == 16
-    v8 = data.load_viewset(out / "32", resolution=8)  # no 8/ folder: resampled
+    v8 = rk_dataset.load_viewset(out / "32", resolution=8)  # no 8/ folder: resampled
     assert v8.rgb_linear.shape == (6, 8, 8, 3) and v8.cameras[0].fx == pytest.approx(focal_from_fov(0.85, 8))
     sub = vs.subset([1, "top"])
     assert sub.names == ["back", "top"] and sub.rgb_linear.shape[0] == 2 and sub.depth.shape[0] == 2
@@ -434,19 +442,19 @@ def test_write_dataset_layout_and_load_viewset(capture_dir, tmp_path):
     assert set(r.depth.unique().tolist()) <= set(vs.depth.unique().tolist())
     assert vs.to("cpu").device.type == "cpu"
     with pytest.raises(DataError, match="transforms"):
-        data.load_viewset(out, split="test")
+        rk_dataset.load_viewset(out, split="test")
 
 
 def test_depth_values_that_do_not_fit_16_bits_are_scaled_and_restored():
-    stored, scale = data._depth_to_uint16([np.array([[0.0, 0.25, 2.5]], np.float32)])
+    stored, scale = rk_images._depth_to_uint16([np.array([[0.0, 0.25, 2.5]], np.float32)])
     assert scale == pytest.approx(65535 / 2.5) and stored[0][0, 0] == 0 and stored[0][0, 2] == 65535
-    stored, scale = data._depth_to_uint16([np.array([[0, 7, 255]], np.float32)])
+    stored, scale = rk_images._depth_to_uint16([np.array([[0, 7, 255]], np.float32)])
     assert scale == 1.0 and stored[0].tolist() == [[0, 7, 255]]
 
 
 def test_prepare_dataset_one_call(tmp_path):
     root = write_capture(tmp_path / "c", size=(64, 64), depth_size=(32, 32), depth_shift=(0.05, 0.0))
-    res = data.prepare_dataset(root, tmp_path / "out", [24], align=True, progress=False)
+    res = rk_dataset.prepare_dataset(root, tmp_path / "out", [24], align=True, progress=False)
     assert res.folders[24].joinpath("transforms.json").exists() and str(tmp_path / "out" / "24") in str(res)
     assert min(res.iou_after[n] - res.iou_before[n] for n in AXIS_VIEWS) > 0.05 and "after alignment" in str(res)
     meta = json.loads((tmp_path / "out" / "24" / "transforms.json").read_text())
@@ -457,20 +465,20 @@ def test_prepare_dataset_one_call(tmp_path):
 
 
 def test_viz_figures_and_tables(capture_dir, tmp_path):
-    cap = data.compute_masks(data.load_capture(capture_dir, progress=False))
-    fg = data.foreground_masks(cap)
+    cap = rk_masks.compute_masks(rk_capture.load_capture(capture_dir, progress=False))
+    fg = rk_masks.foreground_masks(cap)
     fig = images.view_grid(cap, fg, path=tmp_path / "fig" / "grid.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 6 * 4 and (tmp_path / "fig" / "grid.png").stat().st_size > 0
     assert len(images.view_grid(cap, columns=("rgb", "overlay")).axes) == 12
     with pytest.raises(ValueError, match="unknown columns"):
         images.view_grid(cap, columns=("normals",))
-    before = data.mask_agreement(cap, fg)
-    aligned = data.align_capture(cap, fg, progress=False)
-    df = images.iou_table(before, data.mask_agreement(aligned, fg), aligned)
+    before = rk_masks.mask_agreement(cap, fg)
+    aligned = rk_align.align_capture(cap, fg, progress=False)
+    df = images.iou_table(before, rk_masks.mask_agreement(aligned, fg), aligned)
     assert list(df.index) == list(AXIS_VIEWS) + ["mean"]
     assert {"iou_before", "iou_after", "gain", "scale", "shift_x_px"} <= set(df.columns)
     assert isinstance(images.iou_bar(before, path=tmp_path / "bar.png"), Figure) and (tmp_path / "bar.png").exists()
-    folders = data.write_dataset(aligned, tmp_path / "out", [16], progress=False)
+    folders = rk_dataset.write_dataset(aligned, tmp_path / "out", [16], progress=False)
     assert len(images.rgba_grid(folders[16]).axes) == 6
     t = images.transforms_table(folders[16])
     assert list(t.index) == list(AXIS_VIEWS) and t.loc["front", "z"] == pytest.approx(3.0)
@@ -492,13 +500,13 @@ def test_viz_figures_and_tables(capture_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def shoe_capture(shoe_dir):
-    return data.compute_masks(data.load_capture(shoe_dir, max_size=256, progress=False))
+    return rk_masks.compute_masks(rk_capture.load_capture(shoe_dir, max_size=256, progress=False))
 
 
 def test_shoe_masks_agree_and_alignment_raises_iou(shoe_capture):
-    fg = data.foreground_masks(shoe_capture)
-    before = data.mask_agreement(shoe_capture, fg)
-    after = data.mask_agreement(data.align_capture(shoe_capture, fg, progress=False), fg)
+    fg = rk_masks.foreground_masks(shoe_capture)
+    before = rk_masks.mask_agreement(shoe_capture, fg)
+    after = rk_masks.mask_agreement(rk_align.align_capture(shoe_capture, fg, progress=False), fg)
     assert list(before) == list(AXIS_VIEWS)
     for n in AXIS_VIEWS:
         assert 0.8 < before[n] < 0.95, (n, before[n])
@@ -507,13 +515,13 @@ def test_shoe_masks_agree_and_alignment_raises_iou(shoe_capture):
 
 
 def test_shoe_dataset_matches_reference_transforms(shoe_capture, shoe_dir, tmp_path):
-    folders = data.write_dataset(shoe_capture, tmp_path / "shoe", [64], progress=False)
+    folders = rk_dataset.write_dataset(shoe_capture, tmp_path / "shoe", [64], progress=False)
     ours = json.loads((folders[64] / "transforms.json").read_text())
     ref = json.loads((shoe_dir / "reference" / "transforms_seed.json").read_text())
     assert ours["camera_angle_x"] == pytest.approx(ref["camera_angle_x"], abs=1e-9)
     for a, b in zip(ours["frames"], ref["frames"]):
         assert Path(a["file_path"]).stem == Path(b["file_path"]).stem
         np.testing.assert_allclose(a["transform_matrix"], b["transform_matrix"], atol=1e-12)
-    vs = data.load_viewset(tmp_path / "shoe", resolution=64)
+    vs = rk_dataset.load_viewset(tmp_path / "shoe", resolution=64)
     assert vs.rgb_linear.shape == (6, 64, 64, 3) and 0.05 < float(vs.mask.mean()) < 0.4
     assert vs.depth is not None and int(vs.depth.max()) == 255

@@ -1,4 +1,4 @@
-"""Data-parallel training (recon_kit.distributed) on the CPU with gloo.
+"""Data-parallel training (recon_kit.runs.launch) on the CPU with gloo.
 
 Two processes with batch 2 (one view each) must follow the same loss curve as one process with batch 2 in pass 1
 and, from the same baked state, in pass 2. ``loss.kd_smooth`` is 0 there: its jitter comes from each rank's own torch RNG,
@@ -17,7 +17,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from recon_kit import config, data, distributed, synth
+from recon_kit import config
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.runs import launch
+from recon_kit import synth
+from recon_kit.train import parallel as rk_parallel
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +41,7 @@ def tiny(**kw) -> config.ReconConfig:
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo48")
     cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=1)
-    data.prepare_dataset(cap, root / "data", [48], progress=False)
+    rk_dataset.prepare_dataset(cap, root / "data", [48], progress=False)
     return root / "data" / "48"
 
 
@@ -48,7 +52,7 @@ def _free_port() -> int:
 
 
 def _snapshot(tr) -> dict:
-    return {"history": list(tr.history), "fingerprint": distributed.fingerprint(tr), "has_run_dir": tr.run_dir is not None,
+    return {"history": list(tr.history), "fingerprint": rk_parallel.fingerprint(tr), "has_run_dir": tr.run_dir is not None,
             "offset": tr.fixed.offset.detach().clone(), "kd": tr.textures.kd.data.detach().clone()}
 
 
@@ -58,29 +62,29 @@ def _worker(rank: int, world: int, port: int, dataset: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    ctx = distributed.init_from_env("cpu")
+    ctx = rk_parallel.init_from_env("cpu")
     assert ctx.backend == "gloo" and ctx.world_size == world and os.environ["NCCL_NVLS_ENABLE"] == "0"
     out = Path(out)
-    views = data.load_viewset(dataset)
+    views = rk_dataset.load_viewset(dataset)
 
     def run_dir(name):
         return out / name if rank == 0 else None
 
     res = {}
-    tr = distributed.build_trainer(ctx, tiny(), views, run_dir("equiv"))
-    res["equiv"] = _snapshot(distributed.train_loop(ctx, tr, progress=False))
+    tr = launch.build_trainer(ctx, tiny(), views, run_dir("equiv"))
+    res["equiv"] = _snapshot(launch.train_loop(ctx, tr, progress=False))
 
     smooth = tiny(**{"loss.kd_smooth": 5.0})
-    tr = distributed.build_trainer(ctx, smooth, views, run_dir("full"))
-    res["full"] = _snapshot(distributed.train_loop(ctx, tr, progress=False))
-    tr = distributed.build_trainer(ctx, smooth, views, run_dir("part"))
-    distributed.train_loop(ctx, tr, iterations=5, progress=False)   # "killed" in pass 1; last checkpoint: it 3
-    tr = distributed.build_trainer(ctx, smooth, views, run_dir("part"), resume=True)
+    tr = launch.build_trainer(ctx, smooth, views, run_dir("full"))
+    res["full"] = _snapshot(launch.train_loop(ctx, tr, progress=False))
+    tr = launch.build_trainer(ctx, smooth, views, run_dir("part"))
+    launch.train_loop(ctx, tr, iterations=5, progress=False)   # "killed" in pass 1; last checkpoint: it 3
+    tr = launch.build_trainer(ctx, smooth, views, run_dir("part"), resume=True)
     res["resumed_from"] = tr.global_iteration()
-    res["resumed"] = _snapshot(distributed.train_loop(ctx, tr, progress=False))
+    res["resumed"] = _snapshot(launch.train_loop(ctx, tr, progress=False))
     torch.save(res, out / f"rank{rank}.pt")
-    distributed.barrier(ctx)
-    distributed.cleanup()
+    rk_parallel.barrier(ctx)
+    rk_parallel.cleanup()
 
 
 def _mean_curve(histories: list[list[dict]]) -> list[dict]:
@@ -106,14 +110,14 @@ def test_two_processes_follow_the_single_process_loss_curve(dataset, two_ranks):
     in another order than one process does) into lr-sized steps of parameters that hardly affect the loss, so the
     pass-1 parameters, and so the bake of a 1- and a 2-process run, are not equal to float tolerance; the losses are."""
     out, ranks = two_ranks
-    ctx = distributed.init_from_env("cpu")                  # no torchrun variables: one process, no group
+    ctx = rk_parallel.init_from_env("cpu")                  # no torchrun variables: one process, no group
     assert ctx.world_size == 1 and ctx.backend is None
-    single = distributed.build_trainer(ctx, tiny(), data.load_viewset(dataset), None)
-    distributed.train_loop(ctx, single, iterations=single.cfg.pass1.iterations, progress=False)
+    single = launch.build_trainer(ctx, tiny(), rk_dataset.load_viewset(dataset), None)
+    launch.train_loop(ctx, single, iterations=single.cfg.pass1.iterations, progress=False)
     history = list(single.history)
     single.load_state_dict(torch.load(out / "equiv" / "checkpoints" / "pass2_000000.pt", weights_only=False))
     single.history = history
-    distributed.train_loop(ctx, single, progress=False)
+    launch.train_loop(ctx, single, progress=False)
 
     dp = _mean_curve([r["equiv"]["history"] for r in ranks])
     ref = [{k: h[k] for k in ("pass", "it", *LOSS_KEYS) if k in h} for h in single.history]
@@ -146,19 +150,19 @@ def test_killed_data_parallel_run_resumes_to_the_same_result(two_ranks):
 
 
 def test_rank_seeds_differ_per_rank_and_step():
-    seeds = {distributed.rank_seed(0, r, s) for r in (1, 2, 3) for s in range(100)}
+    seeds = {rk_parallel.rank_seed(0, r, s) for r in (1, 2, 3) for s in range(100)}
     assert len(seeds) == 300 and all(0 <= s < 2 ** 63 for s in seeds)
-    assert distributed.rank_seed(0, 1, 7) == distributed.rank_seed(0, 1, 7) != distributed.rank_seed(1, 1, 7)
+    assert rk_parallel.rank_seed(0, 1, 7) == rk_parallel.rank_seed(0, 1, 7) != rk_parallel.rank_seed(1, 1, 7)
 
 
 def test_torchrun_command_and_cli_launch(dataset, tmp_path, monkeypatch):
     """``recon-kit train ... --nproc 2`` runs torchrun; rank 0 writes the run folder with distributed.json."""
-    cmd = distributed.torchrun_command(2, "D", "cpu-small", "R", {"pass1.iterations": 3, "data.val_background": "black"})
+    cmd = launch.torchrun_command(2, "D", "cpu-small", "R", {"pass1.iterations": 3, "data.val_background": "black"})
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert cmd[5:7] == ["-m", "recon_kit.distributed"] and "pass1.iterations=3" in cmd
+    assert cmd[5:9] == ["-m", "recon_kit.cli", "train", "cpu-small"] and "pass1.iterations=3" in cmd
     assert "data.val_background=black" in cmd
     with pytest.raises(ValueError):
-        distributed.torchrun_command(0, "D", None, "R")
+        launch.torchrun_command(0, "D", None, "R")
 
     from recon_kit import cli
 

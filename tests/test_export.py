@@ -12,8 +12,7 @@ import pytest
 import torch
 import trimesh
 
-from recon_kit.export import (bundle_zip, load_obj_folder, read_hdr, split_uv_seams, write_glb, write_hdr,
-                              write_obj_folder)
+from recon_kit.io.meshfile import bundle_zip, load_obj_folder, read_hdr, split_uv_seams, write_glb, write_hdr, write_obj_folder
 from recon_kit.mesh import Mesh
 from recon_kit.viz.mesh import k3d_mesh_plot, probe_panel, save_html, texture_panel
 

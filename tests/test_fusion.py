@@ -1,4 +1,4 @@
-"""Depth-map fusion (recon_kit.fusion), mask holes that survive cleaning, and geometry.init='depth'."""
+"""Depth-map fusion (recon_kit.model.fusion), mask holes that survive cleaning, and geometry.init='depth'."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from recon_kit import config, data, fusion, metrics, synth, train
+from recon_kit import config, evaluate, synth
+from recon_kit.data import masks
+from recon_kit.data.dataset import load_viewset, prepare_dataset
+from recon_kit.model import fusion
+from recon_kit.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +21,8 @@ def demo_views(tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion")
     mesh, kd = synth.demo_object(detail=0.5)
     cap = synth.render_capture(mesh, kd, root / "capture", resolution=96, depth_resolution=48)
-    data.prepare_dataset(cap, root / "data", [96], progress=False)
-    return data.load_viewset(root / "data" / "96"), cap / "gt_mesh.obj", root
+    prepare_dataset(cap, root / "data", [96], progress=False)
+    return load_viewset(root / "data" / "96"), cap / "gt_mesh.obj", root
 
 
 def test_fit_depth_to_hull_recovers_an_affine_encoding():
@@ -40,7 +44,7 @@ def test_fused_depth_is_closer_to_the_ground_truth_than_the_hull(demo_views, tmp
     for name, fn in (("hull", fused.hull.occupancy_fn), ("fused", fused.occupancy_fn)):
         path = tmp_path / f"{name}.obj"
         fusion.occupancy_mesh(fn, fused.bounds, 63).export(path)
-        scores[name] = metrics.chamfer_fscore(path, gt, n_points=20_000)["chamfer_l1"]
+        scores[name] = evaluate.chamfer_fscore(path, gt, n_points=20_000)["chamfer_l1"]
     assert scores["fused"] < scores["hull"], scores
 
 
@@ -48,14 +52,12 @@ def test_speck_holes_are_filled_and_large_holes_kept():
     m = np.ones((64, 64), bool)
     m[10:12, 10:12] = False  # speck
     m[30:45, 30:45] = False  # opening (5 % of the mask)
-    out = data.clean_mask(m, opening=0, min_component=0)
+    out = masks.clean_mask(m, opening=0, min_component=0)
     assert out[10, 10] and not out[37, 37]
-    assert data.clean_mask(m, opening=0, min_component=0, max_hole=None)[37, 37]
+    assert masks.clean_mask(m, opening=0, min_component=0, max_hole=None)[37, 37]
     background = np.zeros_like(m)
     background[10:12, 10:12] = True  # the photo says the speck is background: keep it
-    from recon_kit.holes import fill_small_holes
-
-    assert not fill_small_holes(m, background=background)[10, 10]
+    assert not masks.fill_small_holes(m, background=background)[10, 10]
 
 
 def test_demo_handle_hole_survives_preparation(demo_views):
@@ -77,8 +79,8 @@ def test_init_depth_without_depth_maps_falls_back_to_the_hull(demo_views, caplog
                                        "geometry.hull_res": 32, "compile": "off"})
     no_depth = dataclasses.replace(views, depth=None)
     with caplog.at_level(logging.WARNING, logger="recon_kit.train"):
-        trainer = train.Trainer(cfg, no_depth, None, device="cpu")
+        trainer = Trainer(cfg, no_depth, None, device="cpu")
     assert "geometry.init='depth'" in caplog.text and "geometry.init='hull'" in caplog.text
     assert trainer.dmtet.extract().t_pos_idx.shape[0] > 0
-    with_depth = train.Trainer(cfg, views, None, device="cpu")
+    with_depth = Trainer(cfg, views, None, device="cpu")
     assert with_depth.dmtet.extract().t_pos_idx.shape[0] > 0

@@ -10,9 +10,9 @@ import pytest
 import torch
 import trimesh
 
-from recon_kit.geometry import (NUM_TRIANGLES, TET_EDGES, DMTet, FixedMesh, TetGrid, clean_mesh, kuhn_res_for,
-                                marching_tets, merge_close_vertices, nvdiffrec_equivalent, remove_small_components,
-                                sdf_reg_weight, simplify, tet_edge_topology)
+from recon_kit.model.dmtet import NUM_TRIANGLES, TET_EDGES, DMTet, TetGrid, kuhn_res_for, marching_tets, nvdiffrec_equivalent, sdf_reg_weight, tet_edge_topology
+from recon_kit.model.fixed_mesh import FixedMesh
+from recon_kit.mesh import clean_mesh, merge_close_vertices, remove_small_components, simplify
 from recon_kit.mesh import Mesh, face_normals
 
 

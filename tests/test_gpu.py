@@ -5,9 +5,9 @@ import torch
 import trimesh
 
 from recon_kit import cameras as C
-from recon_kit.light import EnvLight
+from recon_kit.render.envlight import EnvLight
 from recon_kit.mesh import Mesh
-from recon_kit.metrics import psnr
+from recon_kit.evaluate import psnr
 from recon_kit.render import get_rasterizer, rasterize_mesh, render_mesh
 
 pytestmark = pytest.mark.gpu
@@ -108,12 +108,15 @@ def test_silhouette_gradients_match_finite_differences(scene):
 
 
 def test_training_steps_on_gpu(tmp_path):
-    from recon_kit import config, synth, data, train
+    from recon_kit import config
+    from recon_kit.data import dataset
+    from recon_kit import synth
+    from recon_kit.train import trainer
 
     cap = synth.write_demo_capture(tmp_path / "cap", resolution=128, n_test=0)
-    data.prepare_dataset(cap, tmp_path / "data", [128], progress=False)
+    dataset.prepare_dataset(cap, tmp_path / "data", [128], progress=False)
     cfg = config.resolve("cpu-small", {"pass1.iterations": 20, "pass2.iterations": 10, "device": "cuda"})
-    tr = train.Trainer(cfg, data.load_viewset(tmp_path / "data" / "128"), tmp_path / "run")
+    tr = trainer.Trainer(cfg, dataset.load_viewset(tmp_path / "data" / "128"), tmp_path / "run")
     tr.run(progress=False)
     assert tr.done and tr.rast.name == "nvdiffrast"
     assert all(torch.isfinite(torch.tensor(h["total"])) for h in tr.history)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from recon_kit import materials
-from recon_kit.materials import (HashGridEncoder, MaterialField, Texture2D, TexturedMaterial, make_encoder,
-                                 tcnn_available)
+from recon_kit.model import hashgrid
+from recon_kit.model import materials
+from recon_kit.model.hashgrid import HashGridEncoder, make_encoder, tcnn_available
+from recon_kit.model.materials import MaterialField, Texture2D, TexturedMaterial
 
 PRIMES = (1, 2654435761, 805459861)
 
@@ -82,7 +83,7 @@ def test_hashgrid_cuda_eager_and_compiled_match_reference():
         torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
         (grad,) = torch.autograd.grad((out * g).sum(), enc.table)
         torch.testing.assert_close(grad, grad_ref, atol=10 * tol, rtol=10 * tol)  # atomics: order varies
-    assert compiled._compiled is not None and compiled._compiled[0] is not materials._gather
+    assert compiled._compiled is not None and compiled._compiled[0] is not hashgrid._gather
 
 
 def test_hashgrid_layout_and_options():
@@ -146,8 +147,8 @@ def test_tcnn_probe_is_false_here_and_crash_safe(monkeypatch):
     try:
         assert tcnn_available() is False
         # Force the subprocess probe: the child fails (no tinycudann / no CUDA) and we still just get False.
-        monkeypatch.setattr(materials.torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(materials.importlib.util, "find_spec", lambda name: object())
+        monkeypatch.setattr(hashgrid.torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(hashgrid.importlib.util, "find_spec", lambda name: object())
         tcnn_available.cache_clear()
         assert tcnn_available(timeout=60.0) is False
     finally:

@@ -9,8 +9,9 @@ import torch
 import trimesh
 
 from recon_kit.mesh import Mesh
-from recon_kit.metrics import (MetricsTable, chamfer_fscore, format_table, mesh_stats, metrics_dataframe, psnr,
-                               silhouette_iou, ssim, uv_coverage_mask, write_metrics_json)
+from recon_kit.runs.table import MetricsTable, format_table, metrics_dataframe
+from recon_kit.evaluate import chamfer_fscore, mesh_stats, psnr, silhouette_iou, ssim, uv_coverage_mask
+from recon_kit.runs.folder import write_metrics_json
 
 
 def _image(seed: int = 0, h: int = 48, w: int = 64) -> np.ndarray:

@@ -28,13 +28,11 @@ def test_nb02_declares_its_parameters():
 def test_nb02_finds_and_writes_a_fix_on_the_shoe(tmp_path):
     if not SHOE.exists():
         pytest.skip(f"{SHOE} not found (the shoe capture lives in ../shared beside the project)")
-    data = pytest.importorskip("recon_kit.data")
-    if not hasattr(data, "prepare_dataset"):
-        pytest.skip("recon_kit.data.prepare_dataset is not written yet")
+    from recon_kit.data.dataset import prepare_dataset
     import nbformat
     import papermill as pm
 
-    data.prepare_dataset(SHOE, tmp_path / "data", resolutions=(128,), progress=False)
+    prepare_dataset(SHOE, tmp_path / "data", resolutions=(128,), progress=False)
     ds = tmp_path / "data" / "128"
     meta = json.loads((ds / "transforms.json").read_text())
     names = [Path(f["file_path"]).stem for f in meta["frames"]]

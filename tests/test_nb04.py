@@ -29,18 +29,21 @@ def test_nb04_on_a_tiny_run(tmp_path):
     import nbformat
     import papermill as pm
 
-    from recon_kit import config, data, synth, train
+    from recon_kit import config
+    from recon_kit.data import dataset
+    from recon_kit.runs import run as rk_run
+    from recon_kit import synth
 
     cap = synth.write_demo_capture(tmp_path / "capture", resolution=96, n_test=2)
-    data.prepare_dataset(cap, tmp_path / "data", [64], progress=False)
+    dataset.prepare_dataset(cap, tmp_path / "data", [64], progress=False)
     ds = tmp_path / "data" / "64"
     cfg = config.resolve("cpu-small", {
         "pass1.iterations": 12, "pass2.iterations": 6, "data.resolution": 64, "geometry.grid_res": 32,
         "geometry.hull_res": 48, "material.texture_res": 64, "checkpoint_every": 0, "snapshot_every": 0})
     run_dir = tmp_path / "run"
-    tr = train.new_trainer(cfg, data.load_viewset(ds), run_dir)
+    tr = rk_run.new_trainer(cfg, dataset.load_viewset(ds), run_dir)
     tr.run(progress=False)
-    train.finish(tr, ds)
+    rk_run.finish(tr, ds)
 
     out = tmp_path / "04_out.ipynb"
     pm.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", cwd=str(ROOT), progress_bar=False,

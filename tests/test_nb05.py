@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from recon_kit import data, runs, synth
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.runs import sweep as rk_sweep
+from recon_kit.runs import table as rk_table
+from recon_kit import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_compare_runs.ipynb"
@@ -54,15 +57,15 @@ def test_nb05_runs_a_sweep_and_compares(tmp_path, one_thread):
     from recon_kit.notebooks import run_notebook
 
     cap = synth.write_demo_capture(tmp_path / "capture", resolution=64, n_test=1)
-    data.prepare_dataset(cap, tmp_path / "data", [48], progress=False)
+    rk_dataset.prepare_dataset(cap, tmp_path / "data", [48], progress=False)
     dataset = tmp_path / "data" / "48"
     sweep_dir = tmp_path / "sweeps" / "demo"
-    runs.Sweep(sweep_dir, dataset, runs=[{"pass1.lr_mat": "fast"}], base=TINY).run(progress=False)  # fails
+    rk_sweep.Sweep(sweep_dir, dataset, runs=[{"pass1.lr_mat": "fast"}], base=TINY).run(progress=False)  # fails
 
     out = run_notebook("05_compare_runs.ipynb", tmp_path / "05_out.ipynb",
                        {"runs_dir": str(sweep_dir), "dataset_dir": str(dataset), "grid": GRID, "base": TINY},
                        timeout=600)
-    table = runs.load_runs(sweep_dir)
+    table = rk_table.load_runs(sweep_dir)
     assert sorted(table.status) == ["failed"] + ["finished"] * 4
     man = json.loads((sweep_dir / "sweep.json").read_text())
     assert len(man["runs"]) == 5 and man["counts"] == {"finished": 4, "failed": 1}

@@ -23,24 +23,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from recon_kit import synth  # noqa: E402
+from recon_kit import synth
 from recon_kit.cameras import Camera, axis_rig, look_at, stack_matrices  # noqa: E402
-from recon_kit.hull import camera_rays, carve, project_depth, project_silhouette  # noqa: E402
-from recon_kit.posecheck import (  # noqa: E402
-    Fix,
-    apply_pixel_map,
-    calibrate,
-    check_poses,
-    corrected_camera,
-    corrections,
-    load_cameras,
-    predicted_silhouettes,
-    sanity_flags,
-    suggest_fixes,
-    view_consistency,
-    write_corrected_transforms,
-)
-from recon_kit.render.pipeline import rasterize_mesh  # noqa: E402
+from recon_kit.model.hull import camera_rays, carve, project_depth, project_silhouette  # noqa: F401
+from recon_kit.cameras import apply_pixel_map, corrected_camera, corrections
+from recon_kit.posecheck import Fix, calibrate, check_poses, predicted_silhouettes, sanity_flags, suggest_fixes, view_consistency
+from recon_kit.io.transforms import load_cameras, write_corrected_transforms
+from recon_kit.render.renderer import rasterize_mesh  # noqa: F401
 from recon_kit.render.raster import get_rasterizer  # noqa: E402
 from recon_kit.viz import cameras as vizcam  # noqa: E402
 

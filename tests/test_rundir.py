@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recon_kit.rundir import RunDir, RunDirExistsError, safe_rmtree
+from recon_kit.runs.folder import RunDir, RunDirExistsError, safe_rmtree
 
 
 def test_default_name_is_utc_timestamp_with_suffix(tmp_path):
@@ -54,7 +54,7 @@ def test_overwrite_clears_and_resume_keeps(tmp_path):
     env = kept.read_json("env.json")
     assert len(env["previous_sessions"]) == 1 and "previous_sessions" not in env["previous_sessions"][0]
     fresh = RunDir.create(tmp_path, "r", overwrite=True)
-    assert sorted(p.name for p in fresh.dir.iterdir()) == ["env.json"]
+    assert sorted(p.name for p in fresh.dir.iterdir()) == [".recon-kit", "env.json"]
     with pytest.raises(ValueError, match="not both"):
         RunDir.create(tmp_path, "r", overwrite=True, resume=True)
 
@@ -70,7 +70,7 @@ def test_at_uses_the_exact_path(tmp_path):
 def test_overwrite_refuses_source_trees(tmp_path):
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo" / "pyproject.toml").write_text("")
-    with pytest.raises(ValueError, match="refusing to delete"):
+    with pytest.raises(ValueError, match="refusing to clear"):
         RunDir.create(tmp_path, "repo", overwrite=True)
     assert (tmp_path / "repo" / "pyproject.toml").exists()
     with pytest.raises(ValueError, match="refusing"):
@@ -88,7 +88,7 @@ def test_write_json_is_atomic_and_serialises_numpy_and_paths(tmp_path):
     with pytest.raises(TypeError):
         run.write_json("bad.json", {"x": object()})
     assert not (run.dir / "bad.json").exists()
-    assert [q.name for q in run.dir.iterdir() if q.name.startswith(".")] == []
+    assert [q.name for q in run.dir.iterdir() if q.name.endswith(".tmp")] == []
 
 
 def test_torch_tensors_serialise(tmp_path):

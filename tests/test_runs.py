@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from recon_kit import animation, config, data, runs, synth, train
+from recon_kit import config
+from recon_kit.data import dataset as rk_dataset
+from recon_kit.runs import animation
+from recon_kit.runs import run as rk_run
+from recon_kit.runs import sweep as rk_sweep
+from recon_kit.runs import table as rk_table
+from recon_kit import synth
 from recon_kit.viz import runs as viz_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +59,7 @@ def one_thread():
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=1)
-    data.prepare_dataset(cap, root / "data", [48], progress=False)
+    rk_dataset.prepare_dataset(cap, root / "data", [48], progress=False)
     return root / "data" / "48"
 
 
@@ -61,9 +67,9 @@ def dataset(tmp_path_factory):
 def swept(dataset, tmp_path_factory):
     """The 2 x 2 grid with the failing run second (so runs come after it)."""
     out = tmp_path_factory.mktemp("sweeps") / "demo"
-    params = runs.grid_params(GRID)
+    params = rk_sweep.grid_params(GRID)
     params.insert(1, BAD)
-    sweep = runs.Sweep(out, dataset, runs=params, base=TINY)
+    sweep = rk_sweep.Sweep(out, dataset, runs=params, base=TINY)
     t0 = time.perf_counter()
     table = sweep.run(progress=False)
     return sweep, table, time.perf_counter() - t0
@@ -71,35 +77,35 @@ def swept(dataset, tmp_path_factory):
 
 # ---- parameter sets, names, parsing ----------------------------------------------------------------------
 def test_grid_params_and_run_names():
-    assert runs.grid_params(GRID) == [
+    assert rk_sweep.grid_params(GRID) == [
         {"pass1.lr_mat": 0.01, "geometry.grid_res": 24}, {"pass1.lr_mat": 0.01, "geometry.grid_res": 32},
         {"pass1.lr_mat": 0.03, "geometry.grid_res": 24}, {"pass1.lr_mat": 0.03, "geometry.grid_res": 32}]
-    assert runs.run_name({"pass1.lr_mat": 0.01, "geometry.grid_res": 32}) == "pass1.lr_mat=0.01__geometry.grid_res=32"
-    assert runs.run_name({"data.val_background": "../a b"}) == "data.val_background=.-a-b"
-    assert runs.run_name({"material.kd_min": [0, 0.5, 0]}) == "material.kd_min=0,0.5,0"
-    assert runs.run_name({"light.learn_light": False, "loss.depth": 1.0}) == "light.learn_light=false__loss.depth=1.0"
-    assert runs.run_name({}) == "defaults"
-    long_a = runs.run_name({f"loss.key{i}": 0.123456 for i in range(12)})
-    long_b = runs.run_name({f"loss.key{i}": 0.123457 for i in range(12)})
+    assert rk_sweep.run_name({"pass1.lr_mat": 0.01, "geometry.grid_res": 32}) == "pass1.lr_mat=0.01__geometry.grid_res=32"
+    assert rk_sweep.run_name({"data.val_background": "../a b"}) == "data.val_background=.-a-b"
+    assert rk_sweep.run_name({"material.kd_min": [0, 0.5, 0]}) == "material.kd_min=0,0.5,0"
+    assert rk_sweep.run_name({"light.learn_light": False, "loss.depth": 1.0}) == "light.learn_light=false__loss.depth=1.0"
+    assert rk_sweep.run_name({}) == "defaults"
+    long_a = rk_sweep.run_name({f"loss.key{i}": 0.123456 for i in range(12)})
+    long_b = rk_sweep.run_name({f"loss.key{i}": 0.123457 for i in range(12)})
     assert len(long_a) <= 120 and long_a != long_b and "/" not in long_a
-    with pytest.raises(runs.SweepError, match="repeat"):
-        runs.Sweep("x", "d", runs=[{"seed": 1}, {"seed": 1}])
-    with pytest.raises(runs.SweepError, match="grid"):
-        runs.Sweep("x", "d")
-    with pytest.raises(runs.SweepError, match="list of values"):
-        runs.Sweep("x", "d", grid={"seed": 3})
-    sweep = runs.Sweep("x", "d", grid={"seed": [0, 1]}, runs=[{"seed": 5}])
+    with pytest.raises(rk_sweep.SweepError, match="repeat"):
+        rk_sweep.Sweep("x", "d", runs=[{"seed": 1}, {"seed": 1}])
+    with pytest.raises(rk_sweep.SweepError, match="grid"):
+        rk_sweep.Sweep("x", "d")
+    with pytest.raises(rk_sweep.SweepError, match="list of values"):
+        rk_sweep.Sweep("x", "d", grid={"seed": 3})
+    sweep = rk_sweep.Sweep("x", "d", grid={"seed": [0, 1]}, runs=[{"seed": 5}])
     assert sweep.names == ["seed=0", "seed=1", "seed=5"] and len(sweep) == 3
 
 
 def test_parse_grid_values():
-    from recon_kit.cli import _parse_value
+    from recon_kit.config import parse_value as _parse_value
 
-    assert runs.parse_grid_values("0.01,0.03") == [0.01, 0.03]
-    assert runs.parse_grid_values("32, 48") == [32, 48]
-    assert runs.parse_grid_values("white,black", _parse_value) == ["white", "black"]
-    assert runs.parse_grid_values("true,false", _parse_value) == [True, False]
-    assert runs.parse_grid_values("[0,0,0],[1,1,1]") == [[0, 0, 0], [1, 1, 1]]
+    assert rk_sweep.parse_grid_values("0.01,0.03") == [0.01, 0.03]
+    assert rk_sweep.parse_grid_values("32, 48") == [32, 48]
+    assert rk_sweep.parse_grid_values("white,black", _parse_value) == ["white", "black"]
+    assert rk_sweep.parse_grid_values("true,false", _parse_value) == [True, False]
+    assert rk_sweep.parse_grid_values("[0,0,0],[1,1,1]") == [[0, 0, 0], [1, 1, 1]]
 
 
 # ---- the sweep ----------------------------------------------------------------------------------------------
@@ -118,8 +124,8 @@ def test_sweep_table_one_row_per_run_with_metrics(swept):
         assert row["wall_s"] > 0 and row["timings_s.pass1"] > 0 and row["sweep_wall_s"] >= row["wall_s"]
         assert row["metrics.device"] == "cpu" and row["env.torch"]
     assert table.attrs["params"] == ["pass1.lr_mat", "geometry.grid_res"]
-    assert runs.param_columns(table) == ["pass1.lr_mat", "geometry.grid_res"]
-    assert {"train_psnr", "wall_s"} <= set(runs.metric_columns(table))
+    assert rk_table.param_columns(table) == ["pass1.lr_mat", "geometry.grid_res"]
+    assert {"train_psnr", "wall_s"} <= set(rk_table.metric_columns(table))
     # the failed run: error.txt, a row with its error, and the manifest entry
     bad = table.loc["pass1.lr_mat=fast"]
     assert bad["status"] == "failed" and "pass1.lr_mat" in bad["error"] and bad["pass1.lr_mat"] == "fast"
@@ -129,7 +135,7 @@ def test_sweep_table_one_row_per_run_with_metrics(swept):
     assert man["base"] == TINY and man["engine"] == "trainer"
     assert Path(man["dataset_dir"]) == sweep.dataset_dir.resolve()
     assert "ConfigError" in man["runs"][1]["error"]
-    summary = runs.summary(table)
+    summary = rk_table.summary(table)
     assert list(summary.columns[:3]) == ["status", "pass1.lr_mat", "geometry.grid_res"] and "error" in summary
 
 
@@ -137,7 +143,7 @@ def test_rerun_skips_finished_runs(swept, dataset):
     sweep, _, _ = swept
     stamps = {n: (sweep.out_dir / n / "metrics.json").stat().st_mtime_ns
               for n in sweep.names if n != "pass1.lr_mat=fast"}
-    again = runs.Sweep(sweep.out_dir, dataset, runs=sweep.params, base=TINY)
+    again = rk_sweep.Sweep(sweep.out_dir, dataset, runs=sweep.params, base=TINY)
     t0 = time.perf_counter()
     table = again.run(progress=False)
     assert time.perf_counter() - t0 < 10
@@ -147,8 +153,8 @@ def test_rerun_skips_finished_runs(swept, dataset):
     assert list(table.status) == ["finished", "failed", "finished", "finished", "finished"]
     assert again.plan().status.tolist() == list(table.status)
     # finished runs trained with another configuration are not silently taken as results of this one
-    other = runs.Sweep(sweep.out_dir, dataset, runs=sweep.params, base={**TINY, "pass1.iterations": 9})
-    with pytest.raises(runs.SweepError, match="pass1.iterations"):
+    other = rk_sweep.Sweep(sweep.out_dir, dataset, runs=sweep.params, base={**TINY, "pass1.iterations": 9})
+    with pytest.raises(rk_sweep.SweepError, match="pass1.iterations"):
         other.run(progress=False)
 
 
@@ -168,33 +174,33 @@ def test_each_run_folder_has_animation_and_bundle(swept):
 
 def test_filter_sort_best(swept):
     _, table, _ = swept
-    assert len(runs.filter_runs(table, status="finished")) == 4
-    assert list(runs.filter_runs(table, {"geometry.grid_res": 32}).index) == [
+    assert len(rk_table.filter_runs(table, status="finished")) == 4
+    assert list(rk_table.filter_runs(table, {"geometry.grid_res": 32}).index) == [
         "pass1.lr_mat=0.01__geometry.grid_res=32", "pass1.lr_mat=0.03__geometry.grid_res=32"]
-    assert len(runs.filter_runs(table, {"pass1.lr_mat": [0.01, "fast"]})) == 3
-    assert len(runs.filter_runs(table, {"train_psnr": lambda v: v > 0})) == 4
-    assert len(runs.filter_runs(table, "`geometry.grid_res` == 24 and status == 'finished'")) == 2
-    assert len(runs.filter_runs(table, lambda r: r["status"] == "failed")) == 1
-    ranked = runs.sort_runs(table, "train_psnr")
+    assert len(rk_table.filter_runs(table, {"pass1.lr_mat": [0.01, "fast"]})) == 3
+    assert len(rk_table.filter_runs(table, {"train_psnr": lambda v: v > 0})) == 4
+    assert len(rk_table.filter_runs(table, "`geometry.grid_res` == 24 and status == 'finished'")) == 2
+    assert len(rk_table.filter_runs(table, lambda r: r["status"] == "failed")) == 1
+    ranked = rk_table.sort_runs(table, "train_psnr")
     psnr = ranked["train_psnr"].tolist()
     assert psnr[:4] == sorted(psnr[:4], reverse=True) and math.isnan(psnr[4])
-    assert runs.best_run(table, "train_psnr") == ranked.index[0]
-    fastest = runs.sort_runs(table, "wall_s")["wall_s"].tolist()
+    assert rk_table.best_run(table, "train_psnr") == ranked.index[0]
+    fastest = rk_table.sort_runs(table, "wall_s")["wall_s"].tolist()
     assert fastest[:4] == sorted(fastest[:4])
     with pytest.raises(KeyError, match="no column"):
-        runs.filter_runs(table, {"nope": 1})
+        rk_table.filter_runs(table, {"nope": 1})
 
 
 def test_load_runs_single_folder_and_list(swept):
     sweep, _, _ = swept
     one = sweep.out_dir / sweep.names[0]
-    t1 = runs.load_runs(one)
+    t1 = rk_table.load_runs(one)
     assert list(t1.index) == [sweep.names[0]] and t1.loc[sweep.names[0], "status"] == "finished"
-    t2 = runs.load_runs([one, sweep.out_dir / sweep.names[4]])  # lr_mat and grid_res both differ
-    assert len(t2) == 2 and set(runs.varying_columns(t2)) == {"geometry.grid_res", "pass1.lr_mat"}
-    hist = runs.load_history(one)
+    t2 = rk_table.load_runs([one, sweep.out_dir / sweep.names[4]])  # lr_mat and grid_res both differ
+    assert len(t2) == 2 and set(rk_table.varying_columns(t2)) == {"geometry.grid_res", "pass1.lr_mat"}
+    hist = rk_table.load_history(one)
     assert len(hist) == 12 and {"total", "global_it", "pass"} <= set(hist.columns)
-    rec = runs.read_run(one)
+    rec = rk_table.read_run(one)
     assert rec.status == "finished" and "mesh_zip" in rec.exports and len(rec.snapshots) == 3
 
 
@@ -240,10 +246,10 @@ def test_finish_warns_when_the_animation_fails(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(animation, "training_animation", broken)
     cfg = config.resolve("cpu-small", {**TINY, "geometry.grid_res": 24, "pass1.iterations": 4, "pass2.iterations": 2})
-    trainer = train.new_trainer(cfg, data.load_viewset(dataset), tmp_path / "run")
+    trainer = rk_run.new_trainer(cfg, rk_dataset.load_viewset(dataset), tmp_path / "run")
     trainer.run(progress=False)
     with pytest.warns(RuntimeWarning, match="training animation not written.*disk full"):
-        train.finish(trainer, dataset)
+        rk_run.finish(trainer, dataset)
     assert (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "training.gif").exists()
 
 
@@ -259,7 +265,7 @@ def test_callable_engine_and_resume(dataset, tmp_path):
             raise KeyboardInterrupt  # killed mid-run
         (run_dir / "metrics.json").write_text(json.dumps({"train_psnr": 20.0 + overrides["seed"]}))
 
-    sweep = runs.Sweep(tmp_path / "s", dataset, grid={"seed": [1, 2]}, engine=engine)
+    sweep = rk_sweep.Sweep(tmp_path / "s", dataset, grid={"seed": [1, 2]}, engine=engine)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(progress=False)
     man = json.loads((tmp_path / "s" / "sweep.json").read_text())
@@ -308,7 +314,7 @@ def test_cli_sweep_usage_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_papermill_engine(dataset, tmp_path):
-    sweep = runs.Sweep(tmp_path / "pm", dataset, runs=[{"geometry.grid_res": 24}], base=TINY, engine="papermill",
+    sweep = rk_sweep.Sweep(tmp_path / "pm", dataset, runs=[{"geometry.grid_res": 24}], base=TINY, engine="papermill",
                        timeout=300)
     table = sweep.run(progress=False)
     row = table.loc["geometry.grid_res=24"]

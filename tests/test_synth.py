@@ -10,9 +10,12 @@ import pytest
 import trimesh
 from PIL import Image
 
+from recon_kit.io import images
 from recon_kit import synth
 from recon_kit.cameras import AXIS_VIEWS, axis_rig_c2w
-from recon_kit.data import load_capture, load_viewset, read_transforms
+from recon_kit.data.capture import load_capture
+from recon_kit.data.dataset import load_viewset
+from recon_kit.io.transforms import read_transforms
 from recon_kit.mesh import load_mesh
 
 SPOT = Path(__file__).resolve().parents[2] / "shared" / "assets" / "spot"
@@ -49,8 +52,8 @@ def test_demo_object_is_textured_non_convex_and_fits_the_grid(demo):
 
 def test_encode_depth_uint8_near_is_bright_and_background_zero():
     d = np.array([[0.0, 2.5], [3.0, 3.5]], np.float32)
-    np.testing.assert_array_equal(synth.encode_depth_uint8(d), [[0, 255], [128, 1]])
-    assert not synth.encode_depth_uint8(np.zeros((4, 4))).any()
+    np.testing.assert_array_equal(images.encode_depth_uint8(d), [[0, 255], [128, 1]])
+    assert not images.encode_depth_uint8(np.zeros((4, 4))).any()
 
 
 def test_demo_capture_layout_and_sizes(capture):

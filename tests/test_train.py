@@ -7,14 +7,19 @@ import pytest
 import torch
 import trimesh
 
-from recon_kit import config, data, synth, train
+from recon_kit import config
+from recon_kit.data import dataset as rk_dataset
+from recon_kit import losses as rk_losses
+from recon_kit.runs import run as rk_run
+from recon_kit import synth
+from recon_kit.train import trainer
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cap = synth.write_demo_capture(root / "capture", resolution=96, n_test=2)
-    data.prepare_dataset(cap, root / "data", [64], progress=False)
+    rk_dataset.prepare_dataset(cap, root / "data", [64], progress=False)
     return root / "data" / "64"
 
 
@@ -29,21 +34,21 @@ def tiny(**kw):
 def test_depth_loss_is_invariant_to_scale_and_offset():
     pred = torch.rand(2, 8, 8) + 1
     valid = torch.ones(2, 8, 8, dtype=torch.bool)
-    assert train.depth_loss(pred, 3 * pred - 7, valid) < 1e-5
-    assert train.depth_loss(pred, -2 * pred + 1, valid) < 1e-5
-    assert train.depth_loss(pred, torch.rand(2, 8, 8), valid) > 1e-3
+    assert rk_losses.depth_loss(pred, 3 * pred - 7, valid) < 1e-5
+    assert rk_losses.depth_loss(pred, -2 * pred + 1, valid) < 1e-5
+    assert rk_losses.depth_loss(pred, torch.rand(2, 8, 8), valid) > 1e-3
 
 
 def test_lr_schedule_matches_nvdiffrec():
-    assert train.lr_factor(0, 100, 0.0002) == pytest.approx(0.01)
-    assert train.lr_factor(5100, 100, 0.0002) == pytest.approx(0.1)
+    assert trainer.lr_factor(0, 100, 0.0002) == pytest.approx(0.01)
+    assert trainer.lr_factor(5100, 100, 0.0002) == pytest.approx(0.1)
 
 
 def test_train_export_and_reload(dataset, tmp_path):
-    tr = train.new_trainer(tiny(), data.load_viewset(dataset), tmp_path / "run")
+    tr = rk_run.new_trainer(tiny(), rk_dataset.load_viewset(dataset), tmp_path / "run")
     tr.run(progress=False)
     assert tr.done and all(np.isfinite(h["total"]) for h in tr.history)
-    result = train.finish(tr, dataset)
+    result = rk_run.finish(tr, dataset)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["train_iou"] <= 1 and metrics["train_psnr"] > 10 and "test_psnr" in metrics
     mesh_dir = tmp_path / "run" / "mesh"
@@ -57,12 +62,12 @@ def test_train_export_and_reload(dataset, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_result(dataset, tmp_path):
-    views = data.load_viewset(dataset)
-    full = train.new_trainer(tiny(), views, tmp_path / "full")
+    views = rk_dataset.load_viewset(dataset)
+    full = rk_run.new_trainer(tiny(), views, tmp_path / "full")
     full.run(progress=False)
-    part = train.new_trainer(tiny(), views, tmp_path / "part")
+    part = rk_run.new_trainer(tiny(), views, tmp_path / "part")
     part.run(14, progress=False)          # "killed" in pass 2, after the checkpoint at pass-2 iteration 0
-    resumed = train.new_trainer(tiny(), views, tmp_path / "part", resume=True)
+    resumed = rk_run.new_trainer(tiny(), views, tmp_path / "part", resume=True)
     assert resumed.pass_idx == 1
     resumed.run(progress=False)
     torch.testing.assert_close(resumed.fixed.offset, full.fixed.offset)
@@ -74,20 +79,20 @@ def test_existing_run_is_not_overwritten(dataset, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        train.new_trainer(tiny(), data.load_viewset(dataset), tmp_path / "run")
+        rk_run.new_trainer(tiny(), rk_dataset.load_viewset(dataset), tmp_path / "run")
 
 
 def test_live_lr_change_takes_effect_next_step(dataset):
-    tr = train.new_trainer(tiny(), data.load_viewset(dataset), None)
+    tr = rk_run.new_trainer(tiny(), rk_dataset.load_viewset(dataset), None)
     tr.step()
     tr.cfg.pass1.lr_mat = 0.001
     tr.step()
-    assert tr.opt_mat.param_groups[0]["lr"] == pytest.approx(0.001 * train.lr_factor(1, 0, tr.cfg.pass1.lr_decay))
+    assert tr.opt_mat.param_groups[0]["lr"] == pytest.approx(0.001 * trainer.lr_factor(1, 0, tr.cfg.pass1.lr_decay))
 
 
 def test_compiler_failure_in_a_step_names_the_switch(dataset, monkeypatch):
     """An error raised by torch.compile's machinery inside a step says how to train without it."""
-    tr = train.new_trainer(tiny(), data.load_viewset(dataset), None)
+    tr = rk_run.new_trainer(tiny(), rk_dataset.load_viewset(dataset), None)
     failure = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})
 
     def broken():

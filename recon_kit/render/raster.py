@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
-import sys
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -49,23 +47,6 @@ class Rasterizer(Protocol):
                   tri: torch.Tensor) -> torch.Tensor: ...
 
 
-def import_nvdiffrast():
-    """Import ``nvdiffrast.torch`` (PyPI: ``diffrp-nvdiffrast``) so that its JIT-built plugin loads.
-
-    nvdiffrast builds its CUDA plugin on first use (about 30 s, once per machine) into torch's extension
-    directory, under a name made of its own and torch's versions. On torch >= 2.10 that directory is no
-    longer on ``sys.path`` when nvdiffrast imports the built module, so the import fails after a good build;
-    putting the directory on the path first (the one thing this function does) fixes it.
-    """
-    import nvdiffrast
-    from torch.utils import cpp_extension
-
-    for suffix in ("", "_gl"):
-        name = re.sub(r"\W|^(?=\d)", "_", f"nvdiffrast_plugin_{nvdiffrast.__version__}_torch{torch.__version__}{suffix}")
-        build_dir = cpp_extension._get_build_directory(name, False)
-        if build_dir not in sys.path:
-            sys.path.append(build_dir)
-    return importlib.import_module("nvdiffrast.torch")
 
 
 def nvdiffrast_available() -> bool:
@@ -86,7 +67,7 @@ def get_rasterizer(backend: str = "auto", device: torch.device | str | None = No
     if backend == "nvdiffrast" or (backend == "auto" and device.type == "cuda" and nvdiffrast_available()):
         if device.type != "cuda":
             raise RuntimeError("the nvdiffrast backend needs a CUDA device; use backend='torch' on the CPU")
-        from .nvdiffrast_backend import NvdiffrastRasterizer
+        from recon_kit.render.nvdiffrast_backend import NvdiffrastRasterizer
         return NvdiffrastRasterizer(device)
-    from .torch_backend import TorchRasterizer
+    from recon_kit.render.torch_backend import TorchRasterizer
     return TorchRasterizer()

@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from PIL import Image
 
 from recon_kit.cameras import Camera
-from recon_kit.hull import HullGrid, resolve_bounds
+from recon_kit.model.hull import HullGrid, resolve_bounds
 
 AXIS_COLOURS = ("tab:red", "tab:green", "tab:blue")
 
@@ -99,7 +99,7 @@ def plot_cameras(cameras: Sequence[Camera], images=None, volume=(-1.0, 1.0), hul
 
     ``images``: per view, display-ready RGB (uint8, or float sRGB in [0,1]) or masks, any size (downsampled to
     ``image_size`` for drawing). ``volume``: the reconstruction box as accepted by
-    :func:`recon_kit.hull.resolve_bounds` (nvdiffrec's ``mesh_scale`` or ``(lo, hi)``), None to omit.
+    :func:`recon_kit.model.hull.resolve_bounds` (nvdiffrec's ``mesh_scale`` or ``(lo, hi)``), None to omit.
     ``hull``: a :class:`~recon_kit.hull.HullGrid` or points ``[M,3]`` drawn as a grey cloud.
     """
     if ax is None:

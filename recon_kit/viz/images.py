@@ -14,7 +14,9 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from recon_kit.data import Capture, fit_size, read_rgb, read_transforms, resize_area, resize_nearest
+from recon_kit.data.capture import Capture
+from recon_kit.io.images import fit_size, read_rgb, resize_area, resize_nearest
+from recon_kit.io.transforms import read_transforms
 
 #: overlay colours (0-255): in the mask only, in the reference (photo foreground) only
 ONLY_MASK = np.array([230, 40, 40])

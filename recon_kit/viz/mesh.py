@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from recon_kit.export import linear_to_srgb, split_uv_seams
+from recon_kit.color import linear_to_srgb
+from recon_kit.io.meshfile import split_uv_seams
 from recon_kit.mesh import Mesh, vertex_normals
 
 ArrayLike = Union[np.ndarray, torch.Tensor]

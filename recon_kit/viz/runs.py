@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from recon_kit import runs as rk_runs
-from recon_kit.animation import GIF_NAME, MP4_NAME, label_frame, snapshot_key, snapshots, training_animation  # noqa: F401
+from recon_kit.runs import table as rk_table
+from recon_kit.runs.animation import GIF_NAME, MP4_NAME, label_frame, training_animation  # noqa: F401
+from recon_kit.runs.folder import snapshot_key, snapshots  # noqa: F401
 from recon_kit.viz.images import save_figure
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ __all__ = ["training_animation", "label_frame", "metric_vs_params", "loss_overla
 def _as_table(runs):
     if hasattr(runs, "columns"):
         return runs
-    return rk_runs.load_runs(runs)
+    return rk_table.load_runs(runs)
 
 
 def _hashable(v: Any) -> Any:
@@ -67,7 +68,7 @@ def metric_vs_params(table, metrics: Sequence[str] | None = None, params: Sequen
     line per combination of the other parameters (a grid sweep draws its interaction plot)."""
     table = _as_table(table)
     done = table[table["status"] == "finished"] if "status" in table.columns else table
-    params = list(params) if params is not None else rk_runs.param_columns(table)
+    params = list(params) if params is not None else rk_table.param_columns(table)
     if metrics is None:
         metrics = [m for m in DEFAULT_PLOT_METRICS if m in done.columns and done[m].notna().any()]
     metrics = list(metrics)
@@ -129,7 +130,7 @@ def loss_overlay(runs, keys: Sequence[str] = ("total",), logy: bool = True, path
     import pandas as pd
 
     if histories is None:
-        histories = rk_runs.load_histories(_as_table(runs))
+        histories = rk_table.load_histories(_as_table(runs))
     keys = list(keys)
     fig = Figure(figsize=(8, 3.2 * len(keys)), layout="constrained")
     axes = fig.subplots(len(keys), 1, squeeze=False)[:, 0]
@@ -181,7 +182,8 @@ def _dataset_reference(dataset_dir: str | Path, resolution: int | None, backgrou
     """View 0 of the dataset (the view snapshots show) over ``background``, sRGB uint8 at ``size`` (W, H)."""
     from PIL import Image
 
-    from recon_kit.data import linear_to_srgb, load_viewset
+    from recon_kit.color import linear_to_srgb
+    from recon_kit.data.dataset import load_viewset
 
     views = load_viewset(dataset_dir, resolution=resolution)
     rgb, m = views.rgb_linear[0].numpy(), views.mask[0].numpy()[..., None]

@@ -1,8 +1,8 @@
 """Re-render an exported mesh: relit turntables (GIF / MP4), reference | render | error grids, and the
-texture and probe panels, from a run folder read back with :func:`recon_kit.inspect.load_run`.
+texture and probe panels, from a run folder read back with :func:`recon_kit.runs.run.load_run`.
 
 Rendering is the training pipeline's (:func:`recon_kit.render.render_mesh`, split-sum PBR with the baked
-textures as a :class:`~recon_kit.materials.TexturedMaterial`), batched over views, so a 24-frame turntable at
+textures as a :class:`~recon_kit.model.materials.TexturedMaterial`), batched over views, so a 24-frame turntable at
 192^2 takes seconds on a 2-core CPU with the PyTorch rasteriser.
 """
 
@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from recon_kit.runs import run as rk_run
 from recon_kit.cameras import Camera, orbit_views, stack_matrices
-from recon_kit.data import ViewSet, linear_to_srgb
+from recon_kit.data.dataset import ViewSet
+from recon_kit.color import linear_to_srgb
 from recon_kit.mesh import Mesh
 from recon_kit.render import get_rasterizer, make_background, render_mesh
 
-__all__ = ["turntable", "render_cameras", "orbit_cameras", "save_gif", "save_mp4", "comparison_grid",
+__all__ = ["turntable", "render_cameras", "orbit_cameras", "comparison_grid",
            "comparison_images", "texture_panel", "probe_panel", "frames_strip"]
 
 #: Views rendered in one batch (bounds the PyTorch rasteriser's memory at larger resolutions).
@@ -30,30 +32,29 @@ BATCH = 8
 
 def _unpack(source: Any, light_res: int | None = None, device: str | torch.device = "cpu"):
     """(mesh, material, light, config) of a Run, a run folder path, or a (mesh, textures, light) tuple."""
-    from recon_kit import inspect as rk_inspect
 
     if isinstance(source, (str, Path)):
-        source = rk_inspect.load_run(source, light_res=light_res, device=device)
-    if isinstance(source, rk_inspect.Run):
+        source = rk_run.load_run(source, light_res=light_res, device=device)
+    if isinstance(source, rk_run.Run):
         return source.mesh.to(device), source.material(device), source.light, source.config
     if isinstance(source, (tuple, list)) and len(source) == 3:
         mesh, textures, light = source
         if hasattr(textures, "kd") and callable(textures):   # already a TexturedMaterial
             material = textures.to(device)
         else:
-            material = rk_inspect.textured_material(textures, None, device)
-        from recon_kit.light import EnvLight
+            material = rk_run.textured_material(textures, None, device)
+        from recon_kit.render.envlight import EnvLight
 
         if light is not None and not isinstance(light, EnvLight):
-            light = rk_inspect.light_from_latlong(light, light_res or 64, device)
+            light = rk_run.light_from_latlong(light, light_res or 64, device)
         if light is None and isinstance(textures, dict) and "probe_latlong" in textures:
-            light = rk_inspect.light_from_latlong(textures["probe_latlong"], light_res or 64, device)
+            light = rk_run.light_from_latlong(textures["probe_latlong"], light_res or 64, device)
         return mesh.to(device), material, light, {}
     raise TypeError(f"expected a Run, a run folder or (mesh, textures, light), got {type(source).__name__}")
 
 
 def _neutral_light(device) -> Any:
-    from recon_kit.light import EnvLight
+    from recon_kit.render.envlight import EnvLight
 
     return EnvLight(32, init=1.0, device=device)
 
@@ -82,11 +83,10 @@ def render_cameras(source: Any, cameras: Sequence[Camera], background: str = "wh
     """Render the textured mesh of ``source`` (see :func:`turntable`) for ``cameras`` (all of one size).
 
     Returns ``rgb_linear`` float32 [N,H,W,3] over ``background`` and ``alpha`` float32 [N,H,W]."""
-    from recon_kit import inspect as rk_inspect
 
     mesh, material, light, _ = _unpack(source, light_res, device)
     if relight is not None:
-        light = rk_inspect.light_from_latlong(relight, light_res or (light.res if light is not None else 64), device)
+        light = rk_run.light_from_latlong(relight, light_res or (light.res if light is not None else 64), device)
     if light is None:
         light = _neutral_light(device)
     light = light.to(device)
@@ -120,8 +120,8 @@ def turntable(source: Any, n_frames: int = 24, resolution: int = 256, elevation:
     """Frames ``uint8 [n_frames, resolution, resolution, 3]`` (sRGB) of the relit textured mesh, the camera
     circling the world y axis at ``elevation`` radians.
 
-    ``source``: a :class:`recon_kit.inspect.Run`, a run folder, or ``(mesh, textures, light)`` with textures as
-    :func:`recon_kit.export.load_obj_folder` returns them (or a TexturedMaterial) and light an EnvLight, a
+    ``source``: a :class:`recon_kit.runs.run.Run`, a run folder, or ``(mesh, textures, light)`` with textures as
+    :func:`recon_kit.io.meshfile.load_obj_folder` returns them (or a TexturedMaterial) and light an EnvLight, a
     lat-long HDR array or None (the textures' ``probe_latlong``, else a uniform white light).
     ``relight``: another environment (lat-long HDR array, ``.hdr`` path or EnvLight) replacing the learned one.
     ``exposure`` in stops scales the linear image before sRGB encoding. ``bsdf``: ``pbr``, ``kd`` (albedo only)
@@ -138,38 +138,6 @@ def turntable(source: Any, n_frames: int = 24, resolution: int = 256, elevation:
     return _to_uint8(rgb)
 
 
-def save_gif(frames: np.ndarray | Sequence[np.ndarray], path: str | Path, fps: float = 12.0, loop: int = 0) -> Path:
-    """Write uint8 frames [N,H,W,3] as an animated GIF (looping forever by default)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.asarray(frames)
-    iio.imwrite(path, frames, extension=".gif", duration=int(round(1000.0 / fps)), loop=loop)
-    return path
-
-
-def save_mp4(frames: np.ndarray | Sequence[np.ndarray], path: str | Path, fps: float = 24.0) -> Path | None:
-    """Write uint8 frames as an H.264 MP4 when imageio-ffmpeg works; returns None (and writes nothing) when it
-    does not. Frame sizes are padded to multiples of 16 by imageio (``macro_block_size=16``)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import imageio_ffmpeg  # noqa: F401
-
-        iio.imwrite(path, np.asarray(frames), extension=".mp4", fps=fps, codec="libx264", macro_block_size=16)
-    except Exception as err:  # no ffmpeg binary, no libx264, no plugin: the GIF is enough
-        import logging
-
-        logging.getLogger(__name__).warning("MP4 not written (%s: %s); the GIF has the same frames",
-                                            type(err).__name__, err)
-        path.unlink(missing_ok=True)
-        return None
-    return path
-
-
 def frames_strip(frames: np.ndarray, n: int = 6) -> np.ndarray:
     """``n`` evenly spaced frames side by side (a still of a turntable for reports)."""
     frames = np.asarray(frames)
@@ -181,18 +149,17 @@ def comparison_images(source: Any, views: ViewSet, max_views: int = 4, max_size:
                       background: str | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
     """sRGB float reference, render and per-pixel error (mean |difference| over channels) for up to
     ``max_views`` evenly spaced views of ``views``, at most ``max_size`` pixels on a side; with per-view PSNR."""
-    from recon_kit import inspect as rk_inspect
-    from recon_kit.metrics import psnr
+    from recon_kit.evaluate import psnr
 
     if isinstance(source, (str, Path)):
-        source = rk_inspect.load_run(source, device=device)
+        source = rk_run.load_run(source, device=device)
     if background is None:
-        background = source.val_background if isinstance(source, rk_inspect.Run) else "white"
+        background = source.val_background if isinstance(source, rk_run.Run) else "white"
     n = len(views)
     idx = sorted(set(np.linspace(0, n, min(max_views, n), endpoint=False).astype(int).tolist()))
     sub = views.subset(idx)
     if max(sub.width, sub.height) > max_size:
-        from recon_kit.data import fit_size
+        from recon_kit.io.images import fit_size
 
         sub = sub.resized(*fit_size(sub.width, sub.height, max_size))
     out = render_cameras(source, sub.cameras, background=background, device=device)
@@ -209,9 +176,9 @@ def comparison_grid(source: Any, views: ViewSet | str | Path, max_views: int = 4
                     cell: float = 2.6, split: str = "train", device: str | torch.device = "cpu") -> Figure:
     """One row per view: reference | render | error map (mean absolute sRGB difference, 0..0.5 colour scale).
 
-    ``views``: a :class:`~recon_kit.data.ViewSet` or a prepared dataset folder (loaded with ``split``)."""
+    ``views``: a :class:`~recon_kit.data.dataset.ViewSet` or a prepared dataset folder (loaded with ``split``)."""
     if isinstance(views, (str, Path)):
-        from recon_kit.data import load_viewset
+        from recon_kit.data.dataset import load_viewset
 
         views = load_viewset(views, split=split)  # the largest prepared size; reduced to max_size below
     c = comparison_images(source, views, max_views, max_size, device=device)
@@ -254,11 +221,10 @@ def probe_panel(source: Any, exposure: float = 0.0, size: float = 4.0) -> Figure
 
 
 def _textures_of(source: Any) -> dict:
-    from recon_kit import inspect as rk_inspect
 
     if isinstance(source, (str, Path)):
-        source = rk_inspect.load_run(source)
-    if isinstance(source, rk_inspect.Run):
+        source = rk_run.load_run(source)
+    if isinstance(source, rk_run.Run):
         return source.textures
     if isinstance(source, dict):
         return source

@@ -14,7 +14,7 @@ import threading
 import traceback
 from typing import Callable
 
-from ..config import ReconConfig
+from recon_kit.config import ReconConfig
 
 #: Config keys a running trainer picks up at its next step.
 LIVE = ("pass1.lr_pos", "pass1.lr_mat", "pass2.lr_pos", "pass2.lr_mat", "loss.coverage", "loss.kd_smooth",
@@ -81,7 +81,7 @@ def _png(image) -> bytes:
 
 
 class TrainingPanel:
-    """Widgets around a :class:`~recon_kit.train.Trainer` built by ``make_trainer(cfg)``.
+    """Widgets around a :class:`~recon_kit.train.trainer.Trainer` built by ``make_trainer(cfg)``.
 
     ``display()`` shows the panel; ``run_headless()`` trains synchronously (papermill) with the same trainer.
     """

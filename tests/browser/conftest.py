@@ -184,11 +184,12 @@ def lab_workdir(lab_server) -> Path:
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory) -> Path:
     """The built-in demo object at 96 px, prepared at 64 px (about 10 s): the folder holding transforms.json."""
-    from recon_kit import data, synth
+    from recon_kit.data import dataset
+    from recon_kit import synth
 
     tmp = tmp_path_factory.mktemp("demo")
     capture = synth.write_demo_capture(tmp / "capture", resolution=96, n_test=0)
-    data.prepare_dataset(capture, tmp / "data", [64], progress=False)
+    dataset.prepare_dataset(capture, tmp / "data", [64], progress=False)
     ds = tmp / "data" / "64"
     assert (ds / "transforms.json").exists()
     return ds

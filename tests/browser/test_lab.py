@@ -264,7 +264,7 @@ def test_nb03_live_training_panel(lab, lab_workdir, demo_dataset, shots_dir, tmp
 
     # the run folder's history: the lr_mat setting (logged lr / nvdiffrec's decay factor) is 0.03 first, then the
     # slider's value to the end; the loss went down
-    from recon_kit.train import lr_factor
+    from recon_kit.train.trainer import lr_factor
 
     p1 = json.loads((run_dir / "config.json").read_text())["pass1"]
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
@@ -301,15 +301,17 @@ def test_nb02_k3d_camera_scene_renders(lab, lab_workdir, demo_dataset, shots_dir
 @pytest.fixture(scope="module")
 def trained_run(demo_dataset, tmp_path_factory) -> Path:
     """A finished (tiny) training run with its exported mesh, trained here without a browser (about a minute)."""
-    from recon_kit import config, data, train
+    from recon_kit import config
+    from recon_kit.data import dataset as rk_dataset
+    from recon_kit.runs import run as rk_run
 
     cfg = config.resolve("cpu-small", {"data.resolution": 64, "geometry.grid_res": 32, "pass1.iterations": 30,
                                        "pass2.iterations": 10, "pass1.batch": 1, "pass2.batch": 1})
-    views = data.load_viewset(demo_dataset, resolution=cfg.data.resolution)
+    views = rk_dataset.load_viewset(demo_dataset, resolution=cfg.data.resolution)
     run_dir = tmp_path_factory.mktemp("nb04") / "run"
-    trainer = train.new_trainer(cfg, views, run_dir)
+    trainer = rk_run.new_trainer(cfg, views, run_dir)
     trainer.run(progress=False)
-    train.finish(trainer, demo_dataset)
+    rk_run.finish(trainer, demo_dataset)
     return run_dir
 
 

@@ -1,0 +1,201 @@
+"""Deferred rendering of a mesh: G-buffer, material lookup, split-sum shading, compositing, antialiasing.
+
+Backend-agnostic: everything goes through a :class:`~recon_kit.render.raster.Rasterizer`. Shading runs on the
+covered pixels only (an object often covers a tenth of the image); finding them is the one host-device
+synchronisation of a render call, shared with the material through :meth:`GBuffer.pixels`. No Python loop over
+pixels or triangles.
+"""
+
+from __future__ import annotations
+
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from recon_kit.render.shading import ShadingMaps, fg_lut, perturb_normal, split_sum
+from recon_kit.mesh import Mesh, face_normals, vertex_normals, vertex_tangents
+from recon_kit.render.raster import Rasterizer
+
+
+
+log = logging.getLogger(__name__)
+
+
+#: A material maps a G-buffer to per-pixel ``kd`` [B,H,W,3], ``ks`` [B,H,W,3] and ``normal`` (tangent space).
+MaterialFn = Callable[["GBuffer"], dict]
+
+
+@dataclass
+class GBuffer:
+    """Per-pixel surface quantities of one rasterised batch; every tensor is [B,H,W,C]."""
+
+    rast: torch.Tensor
+    pos_clip: torch.Tensor
+    tri: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    normal: torch.Tensor
+    face_normal: torch.Tensor
+    tangent: torch.Tensor
+    depth: torch.Tensor
+    uv: torch.Tensor | None = None
+    uv_da: torch.Tensor | None = None
+    _pixels: torch.Tensor | None = field(default=None, repr=False)
+
+    def pixels(self) -> torch.Tensor:
+        """Flat indices ``[N]`` (into ``B*H*W``) of the covered pixels, computed once (one host sync)."""
+        if self._pixels is None:
+            self._pixels = torch.nonzero(self.mask.reshape(-1) > 0).squeeze(1)
+        return self._pixels
+
+    def rows(self, image: torch.Tensor) -> torch.Tensor:
+        """The covered pixels' values ``[N,C]`` of a ``[B,H,W,C]`` image (``index_select``: no sort in backward)."""
+        return image.reshape(-1, image.shape[-1]).index_select(0, self.pixels())
+
+    def scatter(self, values: torch.Tensor, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """``[N,C]`` values of the covered pixels back into a ``[B,H,W,C]`` image over ``fill`` (differentiable
+        w.r.t. ``values``; ``fill`` is a scalar or an image broadcastable to ``[B,H,W,C]``)."""
+        shape = (*self.mask.shape[:3], values.shape[-1])
+        base = torch.as_tensor(fill, dtype=values.dtype, device=values.device).expand(shape).reshape(-1, shape[-1])
+        return base.index_copy(0, self.pixels(), values).view(shape)
+
+
+def clip_positions(v_pos: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
+    """World positions [V,3] to clip space [B,V,4] for matrices mvp [B,4,4]."""
+    v_hom = F.pad(v_pos, (0, 1), value=1.0)
+    return torch.einsum("vi,bji->bvj", v_hom, mvp)
+
+
+def frame_from_normal(n: torch.Tensor) -> torch.Tensor:
+    """A tangent orthogonal to ``n`` that varies continuously except at n = (0, 0, -1) (Duff et al. 2017)."""
+    sign = torch.where(n[..., 2:3] >= 0, torch.ones_like(n[..., 2:3]), -torch.ones_like(n[..., 2:3]))
+    a = -1.0 / (sign + n[..., 2:3])
+    b = n[..., 0:1] * n[..., 1:2] * a
+    return torch.cat([1 + sign * n[..., 0:1] ** 2 * a, sign * b, -sign * n[..., 0:1]], -1)
+
+
+def rasterize_mesh(rasterizer: Rasterizer, mesh: Mesh, mvp: torch.Tensor, w2c: torch.Tensor,
+                   resolution: tuple[int, int]) -> GBuffer:
+    """Rasterise ``mesh`` for a batch of cameras and interpolate positions, normals, tangents, UVs, depth."""
+    tri = mesh.t_pos_idx.int()
+    pos_clip = clip_positions(mesh.v_pos, mvp)
+    rast, rast_db = rasterizer.rasterize(pos_clip, tri, resolution)
+    mask = (rast[..., 3:4] > 0).to(mesh.v_pos.dtype)
+    v_nrm = vertex_normals(mesh.v_pos, mesh.t_pos_idx)
+    pos, _ = rasterizer.interpolate(mesh.v_pos, rast, tri)
+    nrm, _ = rasterizer.interpolate(v_nrm, rast, tri)
+    cam_z = torch.einsum("vi,bji->bvj", F.pad(mesh.v_pos, (0, 1), value=1.0), w2c)[..., 2:3]
+    depth, _ = rasterizer.interpolate(-cam_z.contiguous(), rast, tri)
+    fn = face_normals(mesh.v_pos, mesh.t_pos_idx)
+    tid = (rast[..., 3].long() - 1).clamp_min(0)
+    face_n = fn.index_select(0, tid.reshape(-1)).view(*tid.shape, 3) * mask  # not fn[tid]: its backward sorts
+    uv = uv_da = None
+    if mesh.has_uv:
+        uv, uv_da = rasterizer.interpolate(mesh.v_tex, rast, mesh.t_tex_idx.int(), rast_db=rast_db, diff_attrs="all")
+        v_tng = vertex_tangents(mesh.v_pos, mesh.t_pos_idx, mesh.v_tex, mesh.t_tex_idx, v_nrm)
+        tng, _ = rasterizer.interpolate(v_tng, rast, tri)
+    else:
+        tng = frame_from_normal(F.normalize(nrm, dim=-1, eps=1e-8))
+    return GBuffer(rast=rast, pos_clip=pos_clip, tri=tri, mask=mask, pos=pos,
+                   normal=F.normalize(nrm, dim=-1, eps=1e-8), face_normal=face_n,
+                   tangent=F.normalize(tng, dim=-1, eps=1e-8), depth=depth, uv=uv, uv_da=uv_da)
+
+
+def make_background(kind: str, shape: tuple[int, ...], device, reference: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Background image [B,H,W,3] in linear RGB: white, black, random (per-pixel noise) or reference."""
+    if kind == "white":
+        return torch.ones(*shape, 3, device=device)
+    if kind == "black":
+        return torch.zeros(*shape, 3, device=device)
+    if kind == "random":
+        return torch.rand(*shape, 3, device=device, generator=generator)
+    if kind == "reference":
+        if reference is None:
+            raise ValueError("background='reference' needs the reference images")
+        return reference
+    raise ValueError(f"unknown background {kind!r}; use white, black, random or reference")
+
+
+def shade_pixels(maps: ShadingMaps | None, lut: torch.Tensor | None, pos: torch.Tensor, campos: torch.Tensor,
+                 face_normal: torch.Tensor, normal: torch.Tensor, tangent: torch.Tensor,
+                 normal_map: torch.Tensor | None, kd: torch.Tensor, ks: torch.Tensor, bsdf: str = "pbr"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear RGB ``[N,3]`` and the shading normal ``[N,3]`` of ``N`` surface points (rows of a G-buffer).
+
+    Two-sided normal-mapped shading normal, then split-sum shading (``bsdf`` pbr/diffuse) or a debug output
+    (``kd``, ``normal``: ``maps`` and ``lut`` may then be None). A pure tensor function, so it compiles.
+    """
+    view_dir = F.normalize(campos - pos, dim=-1, eps=1e-8)
+    n_shade = perturb_normal(face_normal, normal, tangent, normal_map, view_dir)
+    if bsdf == "kd":
+        return kd[..., 0:3], n_shade
+    if bsdf == "normal":
+        return n_shade * 0.5 + 0.5, n_shade
+    return split_sum(maps, lut, pos, n_shade, kd, ks, campos, bsdf), n_shade
+
+
+class _CompiledShader:
+    """:func:`shade_pixels` through ``torch.compile(dynamic=True)`` (the pixel count changes every step): its
+    ~200 elementwise and gather ops, forward and backward, become a few fused kernels. After a compiler failure
+    it logs a warning and stays eager."""
+
+    def __init__(self) -> None:
+        log.info("compiling the shading (torch.compile, once per process: up to a minute on first use)")
+        self.fn, self.failed = torch.compile(shade_pixels, dynamic=True), False
+
+    def __call__(self, *args, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.failed:
+            try:
+                return self.fn(*args, **kw)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: stay eager
+                log.warning("torch.compile of the shading failed (%s: %s); using the eager version",
+                            type(exc).__name__, exc)
+                self.failed = True
+        return shade_pixels(*args, **kw)
+
+
+@functools.cache
+def compiled_shader() -> _CompiledShader:
+    """The process's one compiled shader (compiling is per process; its graphs are cached by shape class)."""
+    return _CompiledShader()
+
+
+def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tuple[int, int],
+                material: MaterialFn, light, background: torch.Tensor, bsdf: str = "pbr",
+                antialias: bool = True, compile: bool | None = None) -> dict:
+    """Render ``mesh`` with ``material`` under ``light`` over ``background`` [B,H,W,3] (all linear RGB).
+
+    ``views`` holds ``mvp``, ``w2c`` [B,4,4] and ``campos`` [B,3] (see :func:`recon_kit.cameras.stack_matrices`).
+    Returns ``rgb_linear`` and ``alpha`` (antialiased), and the G-buffer-derived ``depth``, ``mask``,
+    ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself. ``compile`` runs the
+    shading compiled (:func:`shade_pixels`; default: on CUDA only; eager again if the compiler fails).
+    """
+    with record_function("rk.rasterize"):
+        gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
+    with record_function("rk.material"):
+        mat = material(gb)
+    with record_function("rk.shade"):
+        H, W = gb.mask.shape[1:3]
+        pos = gb.rows(gb.pos)
+        campos = views["campos"].index_select(0, torch.div(gb.pixels(), H * W, rounding_mode="floor"))
+        n_map = mat.get("normal")
+        pbr = bsdf in ("pbr", "diffuse")
+        shader = compiled_shader() if (pos.is_cuda if compile is None else compile) else shade_pixels
+        rgb, n_shade = shader(light.maps() if pbr else None, fg_lut(device=pos.device) if pbr else None,
+                              pos, campos, gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
+                              None if n_map is None else gb.rows(n_map), gb.rows(mat["kd"]), gb.rows(mat["ks"]), bsdf)
+        rgb = gb.scatter(rgb, background)
+        n_shade = gb.scatter(n_shade)
+    color = torch.cat([rgb, gb.mask], -1)
+    if antialias:
+        with record_function("rk.antialias"):
+            color = rasterizer.antialias(color, gb.rast, gb.pos_clip, gb.tri)
+    return {"rgb_linear": color[..., :3], "alpha": color[..., 3:4], "depth": gb.depth, "mask": gb.mask,
+            "kd": mat["kd"], "ks": mat["ks"], "normal": n_shade, "gbuffer": gb}

@@ -1,0 +1,1 @@
+"""Training: trainer (the two-pass Trainer) and parallel (data-parallel strategy for torchrun)."""

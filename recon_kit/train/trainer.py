@@ -1,0 +1,599 @@
+"""The two-pass reconstruction as a step-wise, resumable :class:`Trainer`.
+
+Pass 1 optimises a DMTet surface with a hash-grid material field and a learned environment light. At the
+switch the surface is extracted, cleaned, UV-unwrapped with xatlas and the field is baked into kd / ks /
+normal textures (with gutters). Pass 2 optimises the vertex positions of that fixed-topology mesh, the
+textures and the light. ``Trainer.step()`` runs one iteration of whichever pass is current, so a widget, a
+script or a test can run, pause and inspect it; ``run()`` loops with a progress bar; checkpoints make a
+killed run resume to the same result.
+"""
+
+from __future__ import annotations
+
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from recon_kit import bake
+from recon_kit import evaluate as rk_evaluate
+from recon_kit.io import meshfile
+from recon_kit import mesh as rk_mesh
+from recon_kit.model import dmtet as rk_dmtet
+from recon_kit.model import fixed_mesh
+from recon_kit.model.fusion import initial_occupancy
+from recon_kit.model import materials
+from recon_kit.model.camera_refine import CameraRefiner
+from recon_kit.cameras import stack_matrices
+from recon_kit.config import ReconConfig
+from recon_kit.data.dataset import ViewSet
+from recon_kit.color import linear_to_srgb
+from recon_kit.render.envlight import EnvLight
+from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.render.renderer import frame_from_normal
+from recon_kit.io.fsio import atomic_write_text, torch_save_atomic
+from recon_kit.train import guard as rk_guard
+from recon_kit.train.parallel import _average_gradients
+from recon_kit.train.parallel import _mean_over_ranks
+from recon_kit.train.parallel import _world
+from recon_kit.losses import color_loss
+from recon_kit.losses import depth_loss
+from recon_kit.losses import edge_weights
+
+
+
+log = logging.getLogger(__name__)
+
+
+PASS_NAMES = ("pass1", "pass2")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but CUDA is not available; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def lr_factor(it: int, warmup: int, decay: float) -> float:
+    """nvdiffrec's schedule: linear warm-up, then 10^(-decay * (it - warmup))."""
+    if warmup > 0 and it < warmup:
+        return (it + 1) / warmup
+    return 10.0 ** (-decay * (it - warmup))
+
+
+@dataclass
+class StepResult:
+    pass_name: str
+    iteration: int
+    losses: dict
+
+
+class Trainer:
+    """Two-pass reconstruction of ``views`` with config ``cfg``; writes into ``run_dir`` when given.
+
+    Thread-safety: ``step()`` must be called from one thread at a time (the widget panel runs it in a
+    background thread); ``cfg`` fields that matter per step (learning rates, loss weights) are read at every
+    step, so changing them from another thread takes effect at the next step.
+    """
+
+    def __init__(self, cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None = None,
+                 device: str | torch.device | None = None, rasterizer=None) -> None:
+        self.cfg = cfg
+        self.device = pick_device(str(device or cfg.device))
+        res = cfg.data.resolution
+        self.views = (views.resized(res, res) if views.rgb_linear.shape[1:3] != (res, res) else views).to(self.device)
+        # Camera matrices of every training view, built once: a step only indexes them (no host work).
+        self._view_mats = stack_matrices(self.views.cameras, device=self.device)
+        self._interior, self._color_w = edge_weights(self.views, cfg.loss.edge_px * res / 1024)
+        self.cam_refiner = None
+        if cfg.cameras.refine:
+            distance = float(np.mean([np.linalg.norm(c.position) for c in self.views.cameras]))
+            self.cam_refiner = CameraRefiner(self._view_mats, distance=distance).to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rast = rasterizer or get_rasterizer(cfg.backend, self.device)
+        self._compile = {"auto": None, "on": True, "off": False}[cfg.compile]   # None: on CUDA only
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        # Random backgrounds are drawn where they are used: megapixels of host noise copied every step cost more
+        # than the rest of the step's host work.
+        self.bg_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed)
+        self.pass_idx = 0
+        self.it = 0
+        self.history: list[dict] = []
+        self.timings: dict[str, float] = {"pass1": 0.0, "bake": 0.0, "pass2": 0.0}
+        self._order: list[int] = []
+        self._lock = threading.Lock()
+        self.guard = rk_guard.DivergenceGuard(cfg.guard_factor)   # rollback + lower LR once, then DivergenceError
+        self.lr_scale, self.rollbacks, self.last_good = 1.0, 0, None
+        self.run_lock = None  # the run folder's lock, set by recon_kit.runs.run.new_trainer
+        self.world_size, self.rank = _world()
+        if self.rank != 0:
+            self.run_dir = None  # only rank 0 writes logs, snapshots, checkpoints and exports
+        for p in (cfg.pass1, cfg.pass2):
+            if p.batch % self.world_size:
+                raise ValueError(f"batch {p.batch} must be a multiple of the number of processes ({self.world_size})")
+        self._build_pass1()
+        log.info("trainer: device=%s backend=%s encoder=%s views=%d res=%d", self.device, self.rast.name,
+                 type(self.field.encoder).__name__, len(self.views), res)
+
+    # ---- model construction -------------------------------------------------------------------------
+    def _build_pass1(self) -> None:
+        g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
+        grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
+        self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
+                                    generator=None).to(self.device)
+        if g.init == "random":
+            self.dmtet.init_sdf("random", generator=self.generator)
+        occupancy = initial_occupancy(g, self.views, self.device)
+        if occupancy is not None:
+            self.dmtet.init_sdf_from_occupancy(occupancy, truncation=3.0)
+        lo, hi = self.dmtet.aabb()
+        self.field = materials.MaterialField(
+            torch.stack([lo, hi]), encoder=m.encoder, hidden=m.mlp_width, kd_min=m.kd_min, kd_max=m.kd_max,
+            ks_min=m.ks_min, ks_max=m.ks_max, device=self.device, n_levels=m.hash_levels,
+            n_features=m.hash_features, log2_table=m.hash_log2_size, base_res=m.hash_base_res,
+            max_res=m.hash_max_res, compile=self._compile)
+        self.light = EnvLight(cfg.light.env_res).to(self.device)
+        self.fixed = self.textures = None
+        self._make_optimizers()
+
+    def _make_optimizers(self) -> None:
+        if self.pass_idx == 0:
+            geo = list(self.dmtet.parameters())
+            mat = list(self.field.parameters())
+        else:
+            geo = list(self.fixed.parameters())
+            mat = list(self.textures.parameters())
+        learn_light = self.cfg.light.learn_light and not (self.pass_idx == 1 and self.cfg.light.lock_light_pass2)
+        if learn_light:
+            mat += list(self.light.parameters())
+        self.opt_geo = torch.optim.Adam(geo, lr=self._pass_cfg.lr_pos)
+        self.opt_mat = torch.optim.Adam(mat, lr=self._pass_cfg.lr_mat)
+        self.opt_cam = (torch.optim.Adam(self.cam_refiner.parameters(), lr=self.cfg.cameras.lr)
+                        if self.cam_refiner is not None else None)
+
+    @property
+    def _pass_cfg(self):
+        return self.cfg.pass1 if self.pass_idx == 0 else self.cfg.pass2
+
+    @property
+    def pass_name(self) -> str:
+        return PASS_NAMES[self.pass_idx]
+
+    @property
+    def done(self) -> bool:
+        return self.pass_idx == 1 and self.it >= self.cfg.pass2.iterations
+
+    def total_iterations(self) -> int:
+        return self.cfg.pass1.iterations + self.cfg.pass2.iterations
+
+    def global_iteration(self) -> int:
+        return self.it + (self.cfg.pass1.iterations if self.pass_idx == 1 else 0)
+
+    # ---- one iteration ---------------------------------------------------------------------------
+    def current_mesh(self):
+        return self.dmtet.extract() if self.pass_idx == 0 else self.fixed.mesh()
+
+    def _material_fn(self):
+        if self.pass_idx == 0:
+            field = self.field
+            return lambda gb: field(gb.pos, gb.mask[..., 0], pixels=gb.pixels())
+        tex, rast = self.textures, self.rast
+        return lambda gb: tex(rast, gb.uv, gb.uv_da)
+
+    def _next_batch(self, batch: int) -> torch.Tensor:
+        idx = []
+        while len(idx) < batch:
+            if not self._order:
+                self._order = torch.randperm(len(self.views), generator=self.generator).tolist()
+            idx.append(self._order.pop())
+        return torch.tensor(idx)
+
+    def step(self) -> StepResult:
+        """One optimisation step of the current pass (switching to pass 2, with the bake, when pass 1 ends)."""
+        with self._lock:
+            if self.pass_idx == 0 and self.it >= self.cfg.pass1.iterations:
+                self._switch_to_pass2()
+            if self.done:
+                raise StopIteration("training is finished")
+            t0 = time.perf_counter()
+            rk_guard.remember_good(self, first=True)  # the state to roll back to before the first checkpoint
+            try:
+                losses = self._step()
+            except Exception as exc:
+                if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise RuntimeError(f"torch.compile failed in a training step ({type(exc).__name__}: {exc}); "
+                                       "train without it: config compile='off' (CLI: --set compile=off)") from exc
+                raise
+            self.timings[self.pass_name] += time.perf_counter() - t0
+            rolled_back = rk_guard.guard_step(self, losses)  # None, or the losses of a step undone by a rollback
+            if rolled_back is not None:
+                return StepResult(self.pass_name, self.it, rolled_back)
+            result = StepResult(self.pass_name, self.it, losses)
+            self.it += 1
+            self._after_step(result)
+            return result
+
+    def _step(self) -> dict:
+        cfg, pc, lw = self.cfg, self._pass_cfg, self.cfg.loss
+        t = self.it / max(1, pc.iterations)
+        factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
+        cam_lr = 0.0 if self.pass_idx == 0 and t < cfg.cameras.start else cfg.cameras.lr
+        for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat), (self.opt_cam, cam_lr)):
+            for group in (opt.param_groups if opt is not None else ()):
+                group["lr"] = base * factor * self.lr_scale
+        idx = self._next_batch(pc.batch)              # the global batch: identical on every rank
+        H, W = self.views.rgb_linear.shape[1:3]
+        bg = make_background(cfg.data.train_background, (len(idx), H, W), self.device, generator=self.bg_generator)
+        if self.world_size > 1:                       # each rank renders its share of the views
+            share = len(idx) // self.world_size
+            idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
+        sub = self.views.subset(idx.tolist())
+        sel = idx.to(self.device)
+        cams = (self.cam_refiner(sel) if self.cam_refiner is not None
+                else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
+        mask = sub.mask[..., None]
+        color_w = self._color_w.index_select(0, sel)[..., None]
+        target = sub.rgb_linear * mask + bg * (1 - mask)
+
+        with record_function("rk.extract"):
+            mesh = self.current_mesh()
+        if mesh.num_faces == 0:
+            log.warning("pass 1 iteration %d: the SDF has no zero crossing; only the regulariser is applied", self.it)
+            loss = self.dmtet.sdf_reg_loss() + (self.dmtet.sdf - 0.1).abs().mean()
+            self._backward_step(loss)
+            return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
+
+        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
+        losses = {
+            "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
+            "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
+        }
+        ramp = min(1.0, self.it / 500.0)
+        gmask = out["mask"][..., 0]
+        if lw.kd_smooth > 0:
+            if self.pass_idx == 0:
+                kd_s = self.field.kd_smoothness(out["gbuffer"].pos, gmask, kd=out["kd"], pixels=out["gbuffer"].pixels())
+            else:
+                gb = out["gbuffer"]
+                kd_s = self.textures.kd_smoothness(self.rast, gb.uv, gmask, uv_da=gb.uv_da, kd=out["kd"])
+            losses["kd_smooth"] = lw.kd_smooth * ramp * kd_s
+        if lw.occlusion > 0:
+            losses["occlusion"] = lw.occlusion * ramp * (out["ks"][..., 0] * gmask).mean()
+        if lw.light_reg > 0 and self.cfg.light.learn_light:
+            losses["light_reg"] = lw.light_reg * self.light.regularizer()
+        if lw.depth > 0 and cfg.data.use_depth and sub.depth is not None:
+            valid = (gmask > 0) & (sub.depth > 0) & self._interior.index_select(0, sel)
+            decay = lw.depth_end if self.pass_idx == 1 else 1.0 - (1.0 - lw.depth_end) * t
+            losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], sub.depth, valid)
+                               / cfg.geometry.mesh_scale)
+        if self.cam_refiner is not None:
+            losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
+        if self.pass_idx == 0:
+            losses["sdf_reg"] = rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
+        else:
+            losses["laplace"] = self.fixed.laplacian(t, cfg.geometry.laplace_scale)
+        total = sum(losses.values())
+        with record_function("rk.backward_step"):
+            self._backward_step(total)
+        losses = {k: v.detach() for k, v in losses.items()}
+        losses["total"] = total.detach()
+        return losses
+
+    def _backward_step(self, loss: torch.Tensor) -> None:
+        opts = [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world_size > 1:
+            _average_gradients([g for opt in opts for g in opt.param_groups], self.world_size)
+        for opt in opts:
+            opt.step()
+        with torch.no_grad():
+            self.light.clamp_()
+            if self.textures is not None:
+                self.textures.clamp_()
+
+    def _after_step(self, result: StepResult) -> None:
+        cfg = self.cfg
+        if self.it % cfg.log_every == 0 or self._pass_end():
+            rec = {"pass": result.pass_name, "it": result.iteration, "global_it": self.global_iteration(),
+                   "time": round(self.timings[result.pass_name], 3),
+                   "lr_pos": self.opt_geo.param_groups[0]["lr"], "lr_mat": self.opt_mat.param_groups[0]["lr"]}
+            rec.update(_mean_over_ranks(result.losses, self.world_size, self.device))
+            self.history.append(rec)
+            if self.run_dir is not None:
+                with open(self.run_dir / "history.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        if checkpoint := (cfg.checkpoint_every and self.it % cfg.checkpoint_every == 0) or self._pass_end():
+            rk_guard.remember_good(self)
+        if self.run_dir is None:
+            return
+        if cfg.snapshot_every and self.it % cfg.snapshot_every == 0:
+            self.save_snapshot()
+        if checkpoint:
+            self.save_checkpoint()
+
+    def _pass_end(self) -> bool:
+        return self.it >= self._pass_cfg.iterations
+
+    # ---- pass switch: extract, clean, unwrap, bake --------------------------------------------------
+    @torch.no_grad()
+    def switch_to_pass2(self) -> None:
+        """End pass 1 now: extract, clean, unwrap and bake its result, then start pass 2 (thread-safe; ``step()``
+        does this on its own when pass 1's iterations are done)."""
+        with self._lock:
+            self._switch_to_pass2()
+
+    def _switch_to_pass2(self) -> None:
+        t0 = time.perf_counter()
+        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
+        if mesh.num_faces == 0:
+            raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
+                               "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
+        mesh = bake.uv_unwrap(mesh)
+        textures = bake.bake_field(self.rast, mesh, self._bake_fn(mesh), texture_res=self.cfg.material.texture_res)
+        m = self.cfg.material
+        self.textures = materials.TexturedMaterial.from_arrays(
+            textures["kd"], textures["ks"], textures["normal"], kd_min=m.kd_min, kd_max=m.kd_max,
+            ks_min=m.ks_min, ks_max=m.ks_max, device=self.device)
+        self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
+        self.pass_idx, self.it = 1, 0
+        self._make_optimizers()
+        self.timings["bake"] += time.perf_counter() - t0
+        log.info("bake: %d faces, %d^2 textures in %.1f s", mesh.num_faces, self.cfg.material.texture_res,
+                 self.timings["bake"])
+        self.guard.reset()
+        rk_guard.remember_good(self)
+        if self.run_dir is not None:
+            self.save_checkpoint()
+
+    def _bake_fn(self, mesh) -> Callable:
+        """Field lookup for baking; re-expresses the tangent-space normal in the new UV tangent frame.
+
+        Pass 1 perturbs normals in a frame derived from the surface normal alone; pass 2 uses UV tangents.
+        Converting at bake time keeps the learned detail (nvdiffrec copies the values across frames).
+        """
+        field = self.field
+
+        def fn(pos: torch.Tensor, normal: torch.Tensor | None = None, tangent: torch.Tensor | None = None) -> dict:
+            out = field(pos)
+            if normal is None or tangent is None:
+                return out
+            n = F.normalize(normal, dim=-1, eps=1e-8)
+            t1 = F.normalize(frame_from_normal(n), dim=-1, eps=1e-8)
+            b1 = F.normalize(torch.cross(t1, n, dim=-1), dim=-1, eps=1e-8)
+            p = out["normal"]
+            world = F.normalize(t1 * p[..., 0:1] - b1 * p[..., 1:2] + n * p[..., 2:3].clamp_min(0), dim=-1, eps=1e-8)
+            t2 = F.normalize(tangent - (tangent * n).sum(-1, keepdim=True) * n, dim=-1, eps=1e-8)
+            b2 = F.normalize(torch.cross(t2, n, dim=-1), dim=-1, eps=1e-8)
+            out["normal"] = torch.stack([(world * t2).sum(-1), -(world * b2).sum(-1), (world * n).sum(-1).clamp_min(0)], -1)
+            return out
+        return fn
+
+    # ---- running -------------------------------------------------------------------------------------
+    def run(self, iterations: int | None = None, progress: bool = True,
+            callback: Callable[["Trainer", StepResult], None] | None = None,
+            should_stop: Callable[[], bool] | None = None,
+            before_step: Callable[["Trainer"], None] | None = None) -> "Trainer":
+        """Run ``iterations`` steps (default: to the end of both passes) with a tqdm progress bar.
+
+        ``before_step(trainer)`` runs before each step (the distributed loop does its collective pass switch
+        and reseeding there); ``callback(trainer, result)`` after it.
+        """
+        from tqdm.auto import tqdm
+
+        remaining = self.total_iterations() - self.global_iteration()
+        n = remaining if iterations is None else min(iterations, remaining)
+        target = self.global_iteration() + n
+        with tqdm(total=n, disable=not progress, desc=self.pass_name, leave=True) as bar:  # closed before an error
+            while self.global_iteration() < target:  # not range(n): a divergence rollback moves the iteration back
+                if should_stop is not None and should_stop():
+                    break
+                if before_step is not None:
+                    before_step(self)
+                result = self.step()
+                bar.set_description(result.pass_name)
+                if self.it % self.cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{float(result.losses['total']):.4f}")
+                bar.update(1)
+                if callback is not None:
+                    callback(self, result)
+        return self
+
+    # ---- previews, snapshots ---------------------------------------------------------------------
+    @torch.no_grad()
+    def render_views(self, views: ViewSet, background: str | None = None, bsdf: str = "pbr") -> dict:
+        """Render the current model for ``views`` (any resolution) over a plain background. Eager shading: these
+        occasional renders are not worth compiling another (gradient-free) graph for."""
+        views = views.to(self.device)
+        H, W = views.rgb_linear.shape[1:3]
+        out_rgb, out_alpha, out_depth = [], [], []
+        mesh = self.current_mesh()
+        for i in range(len(views)):
+            cams = stack_matrices([views.cameras[i]], device=self.device)
+            bg = make_background(background or self.cfg.data.val_background, (1, H, W), self.device)
+            if mesh.num_faces == 0:
+                out_rgb.append(bg), out_alpha.append(torch.zeros(1, H, W, 1, device=self.device))
+                out_depth.append(torch.zeros(1, H, W, 1, device=self.device))
+                continue
+            out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, bsdf=bsdf,
+                              compile=False)
+            out_rgb.append(out["rgb_linear"]), out_alpha.append(out["alpha"]), out_depth.append(out["depth"])
+        return {"rgb_linear": torch.cat(out_rgb), "alpha": torch.cat(out_alpha), "depth": torch.cat(out_depth)}
+
+    @torch.no_grad()
+    def preview(self, view: int = 0, size: int | None = None) -> np.ndarray:
+        """``render | reference`` of one training view as sRGB uint8, for widgets and animations."""
+        sub = self.views.subset([view])
+        if size is not None and size != sub.rgb_linear.shape[2]:
+            sub = sub.resized(size, size)
+        rgb = self.render_views(sub)["rgb_linear"][0]
+        bg = 1.0 if self.cfg.data.val_background == "white" else 0.0
+        ref = sub.rgb_linear[0] * sub.mask[0, ..., None] + bg * (1 - sub.mask[0, ..., None])
+        both = torch.cat([rgb, ref], 1).clamp(0, 1)
+        return (linear_to_srgb(both) * 255 + 0.5).byte().cpu().numpy()
+
+    def save_snapshot(self) -> Path:
+        import imageio.v3 as iio
+
+        folder = self.run_dir / "snapshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.pass_name}_{self.it:06d}.png"
+        iio.imwrite(path, self.preview(0, size=min(256, self.cfg.data.resolution)))
+        return path
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"pass_idx": self.pass_idx, "it": self.it, "cfg": self.cfg.to_dict(), "history": self.history,
+                 "timings": self.timings, "order": list(self._order), "light": self.light.state_dict(),
+                 "opt_geo": self.opt_geo.state_dict(), "opt_mat": self.opt_mat.state_dict(),
+                 "generator": self.generator.get_state(), "bg_generator": self.bg_generator.get_state(),
+                 "torch_rng": torch.get_rng_state(),
+                 "guard": {"lr_scale": self.lr_scale, "rollbacks": self.rollbacks}}
+        if self.cam_refiner is not None:
+            state["cam_refiner"], state["opt_cam"] = self.cam_refiner.state_dict(), self.opt_cam.state_dict()
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.pass_idx == 0:
+            state["dmtet"], state["field"] = self.dmtet.state_dict(), self.field.state_dict()
+        else:
+            state["fixed"], state["textures"] = self.fixed.state_dict(), self.textures.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pass_idx, self.it = state["pass_idx"], state["it"]
+        if self.pass_idx == 0:
+            self.dmtet.load_state_dict(state["dmtet"])
+            self.field.load_state_dict(state["field"])
+        else:
+            from recon_kit.mesh import Mesh
+
+            fx = state["fixed"]
+            mesh = Mesh(fx["v_init"], fx["t_pos_idx"], fx.get("v_tex"), fx.get("t_tex_idx"))
+            self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
+            self.fixed.load_state_dict(fx)
+            tx = state["textures"]
+            self.textures = materials.TexturedMaterial.from_arrays(
+                tx["kd.data"][0], tx["ks.data"][0], tx["normal.data"][0], device=self.device)
+            self.textures.load_state_dict(tx)
+        self.light.load_state_dict(state["light"])
+        self._make_optimizers()
+        self.opt_geo.load_state_dict(state["opt_geo"])
+        self.opt_mat.load_state_dict(state["opt_mat"])
+        if self.cam_refiner is not None and "cam_refiner" in state:
+            self.cam_refiner.load_state_dict(state["cam_refiner"])
+            self.opt_cam.load_state_dict(state["opt_cam"])
+        self.generator.set_state(state["generator"])
+        if "bg_generator" in state:
+            self.bg_generator.set_state(state["bg_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.history = list(state["history"])
+        self.timings = dict(state["timings"])
+        self._order = list(state["order"])
+        guard = state.get("guard", {})
+        self.lr_scale, self.rollbacks = guard.get("lr_scale", 1.0), guard.get("rollbacks", 0)
+
+    def save_checkpoint(self) -> Path:
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.pass_name}_{self.it:06d}.pt"
+        torch_save_atomic(self.state_dict(), path)   # temp name + rename: a kill or a full disk leaves no .tmp
+        atomic_write_text(folder / "latest.txt", path.name)
+        return path
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of ``run_dir``; returns False when there is none."""
+        latest = self.run_dir / "checkpoints" / "latest.txt" if self.run_dir else None
+        if latest is None or not latest.exists():
+            return False
+        path, state = rk_guard.load_latest_checkpoint(latest, self.device)  # an unreadable one: the one before
+        self.load_state_dict(state)
+        if self.run_dir is not None and (self.run_dir / "history.jsonl").exists():
+            keep = [json.dumps(r) for r in self.history]
+            (self.run_dir / "history.jsonl").write_text("".join(k + "\n" for k in keep))
+        log.info("resumed from %s (%s iteration %d)", path.name, self.pass_name, self.it)
+        return True
+
+    # ---- outputs -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self, folder: str | Path | None = None, overwrite: bool = True) -> dict:
+        """Write the mesh folder (OBJ/MTL/PNG/probe.hdr, nvdiffrec's layout), ``model.glb`` and a zip."""
+
+        if self.pass_idx == 0:
+            raise RuntimeError("export needs pass 2 (textures); run the trainer to the end first")
+        folder = Path(folder) if folder is not None else self.run_dir / "mesh"
+        mesh = self.fixed.mesh()
+        rk_guard.check_exportable(self, mesh, folder)
+        kd, ks, nrm = (t.to_numpy() for t in (self.textures.kd, self.textures.ks, self.textures.normal))
+        probe = self.light.to_latlong(256)
+        paths = meshfile.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
+        glb = meshfile.write_glb(folder / "model.glb", mesh, kd, ks, nrm)
+        zip_path = meshfile.bundle_zip(folder, folder.parent / "mesh.zip")
+        return {"folder": folder, "glb": glb, "zip": zip_path, **({"files": paths} if paths else {})}
+
+    def refined_views(self) -> ViewSet:
+        """The training views under the learned camera corrections (as given when refinement is off)."""
+        if self.cam_refiner is None:
+            return self.views
+        return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
+
+    @torch.no_grad()
+    def fringe(self, n_views: int = 8, band_px: float = 3.0) -> dict:
+        """Fringe scores (:func:`recon_kit.evaluate.fringe_report`) of renders over black from ``n_views``
+        angles between the training views; ``fringe_images`` holds those renders (sRGB, 0-1)."""
+        cams = rk_evaluate.between_views(self.views.cameras[0], n_views)
+        size = (n_views, cams[0].height, cams[0].width)
+        novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
+        out = self.render_views(novel, background="black")
+        srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
+        photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
+        scale = cams[0].width / 1024
+        report = rk_evaluate.fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos,
+                                           self.views.mask.cpu().numpy(), band_px * scale)
+        return {**report, "fringe_images": srgb}
+
+    @torch.no_grad()
+    def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:
+        """PSNR / SSIM (whole image and inside the mask) and silhouette IoU per view, as nvdiffrec reports
+        PSNR: sRGB, clamped, over the validation background; with depth maps, the depth residual (the depth
+        loss over the mask interior). Training views are rendered under the learned camera corrections."""
+
+        views = views if views is not None else self.refined_views()
+        out = self.render_views(views)
+        bg = 1.0 if self.cfg.data.val_background == "white" else 0.0
+        views = views.to(self.device)
+        rows = []
+        for i in range(len(views)):
+            m = views.mask[i, ..., None]
+            ref = linear_to_srgb((views.rgb_linear[i] * m + bg * (1 - m)).clamp(0, 1)).cpu().numpy()
+            pred = linear_to_srgb(out["rgb_linear"][i].clamp(0, 1)).cpu().numpy()
+            mk = views.mask[i].cpu().numpy() > 0.5
+            rows.append({"view": views.names[i], "psnr": rk_evaluate.psnr(pred, ref), "psnr_masked": rk_evaluate.psnr(pred, ref, mk),
+                         "ssim": rk_evaluate.ssim(pred, ref), "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
+        if views.depth is not None:
+            interior, _ = edge_weights(views, self.cfg.loss.edge_px * views.rgb_linear.shape[2] / 1024)
+            for i, r in enumerate(rows):
+                valid = (out["alpha"][i, ..., 0] > 0.5) & (views.depth[i] > 0) & interior[i]
+                r["depth_residual"] = float(depth_loss(out["depth"][i:i + 1, ..., 0], views.depth[i:i + 1],
+                                                       valid[None]) / self.cfg.geometry.mesh_scale)
+        keys = ("psnr", "psnr_masked", "ssim", "iou") + (("depth_residual",) if views.depth is not None else ())
+        summary = {f"{split}_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
+        summary[f"{split}_views"] = rows
+        return summary
