@@ -4,7 +4,7 @@
 #   make kernel   make sure the `python3` Jupyter kernel runs the venv's interpreter
 #   make demo     notebooks 01..04 on the built-in demo object -> outputs/demo/ (replaced each time)
 #   make test     lint-imports (layer contract in .importlinter), then pytest -m "not gpu" (browser tests need chromium)
-#   make lab      JupyterLab on notebooks/
+#   make lab      JupyterLab on the repository root, notebooks/ open (LAB_IP, LAB_PORT; works as root)
 #   make strip    remove outputs/execution counts from notebooks/*.ipynb (nbstripout)
 #
 # CUDA machine: make venv EXTRAS=dev,gpu CONSTRAINTS=   (no CPU pin; see README "GPU set-up")
@@ -58,8 +58,15 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treating this as a failure" >&2; fi; \
 	exit $$rc
 
+# JupyterLab serves the repository root (the working directory of every notebook, the CLI and papermill) on
+# LAB_IP:LAB_PORT; as root (containers, GPU boxes) it needs --allow-root.
+LAB_IP ?= 127.0.0.1
+LAB_PORT ?= 8888
 lab: kernel
-	$(VENV)/bin/jupyter lab notebooks/
+	@echo "JupyterLab listens on http://$(LAB_IP):$(LAB_PORT)/lab/tree/notebooks (serving $(CURDIR); the login URL with its token follows)"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --ip=$(LAB_IP) --port=$(LAB_PORT) \
+		--ServerApp.port_retries=0 --ServerApp.default_url=/lab/tree/notebooks --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 strip: $(STAMP)
 ifeq ($(NOTEBOOK_FILES),)

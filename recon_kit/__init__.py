@@ -22,6 +22,7 @@ _API = {
     "recon_kit.io.transforms": ["transforms_path", "load_cameras", "write_corrected_transforms"],
     "recon_kit.model.hull": ["carve"],
     "recon_kit.posecheck": ["check_poses", "predicted_silhouettes", "run_check"],
+    "recon_kit.autoscale": ["fit_mesh_scale"],
     "recon_kit.synth": ["resolve_capture"],
     "recon_kit.train.trainer": ["Trainer"],
     "recon_kit.evaluate": ["psnr", "ssim"],
@@ -32,6 +33,8 @@ _API = {
     "recon_kit.runs.sweep": ["Sweep"],
     "recon_kit.runs.ray_engine": ["RayOptions", "live_table"],
     "recon_kit.runs.batch": ["Batch"],
+    "recon_kit.runs.folder": ["new_run_path"],
+    "recon_kit.runs.workspace": ["Workspace"],
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -36,8 +36,9 @@ class DataConfig:
 class GeometryConfig:
     grid_res: int = 64
     """In nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis."""
-    mesh_scale: float = 2.1
-    """Side of the cube the grid spans, centred at the origin."""
+    mesh_scale: float | Literal["auto"] = "auto"
+    """Side of the cube the grid spans, centred at the origin; "auto": fitted to the visual hull with a margin when
+    training starts (recon_kit.autoscale)."""
     init: Literal["hull", "depth", "sphere", "random"] = "hull"
     """Hull (visual hull of the masks), depth (depth maps fused with the hull), sphere, random (nvdiffrec)."""
     hull_res: int = 96
@@ -212,7 +213,9 @@ class ReconConfig:
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),
             (self.geometry.grid_res >= 8 and self.geometry.grid_res % 2 == 0, "geometry.grid_res must be even and >= 8"),
-            (self.geometry.mesh_scale > 0, "geometry.mesh_scale must be > 0"),
+            (self.geometry.mesh_scale == "auto" or (isinstance(self.geometry.mesh_scale, float)
+                                                    and self.geometry.mesh_scale > 0),
+             "geometry.mesh_scale must be > 0 or 'auto'"),
             (self.geometry.init in ("hull", "depth", "sphere", "random"),
              "geometry.init must be hull, depth, sphere or random"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
@@ -258,8 +261,24 @@ def _build(cls, data: dict, source: str, prefix: str = "", defaults=None):
     return dataclasses.replace(defaults, **kwargs)
 
 
+#: Keys that take "auto" or a number.
+AUTO_OR_NUMBER = ("geometry.mesh_scale",)
+
+
+def coerce_auto(key: str, value: Any) -> Any:
+    """``"auto"`` as is, numbers and numeric strings as float, for the keys of :data:`AUTO_OR_NUMBER`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number or 'auto', got {value!r}") from None
+
+
 def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Accept values of the default's type (ints for floats; 'true'/'false' strings for booleans)."""
+    if key in AUTO_OR_NUMBER:
+        return coerce_auto(key, value)
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
@@ -311,7 +330,7 @@ PRESETS: dict[str, dict] = {
                   "pass1": {"iterations": 150, "batch": 2}, "pass2": {"iterations": 60, "batch": 2, "warmup": 10},
                   "checkpoint_every": 50, "snapshot_every": 10},
     # The user's shoe settings on a GPU (1024^2, batch 2, grid 128, 5000 + 5000 iterations).
-    "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": 2.1},
+    "gpu-default": {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": "auto"},
                     "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                     "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
                     "material": {"texture_res": 1024}, "snapshot_every": 100,
@@ -333,8 +352,29 @@ def preset(name: str) -> ReconConfig:
     return ReconConfig.from_dict(PRESETS[name], source=f"preset {name}")
 
 
-def resolve(config: str | Path | ReconConfig | None, overrides: dict | None = None) -> ReconConfig:
-    """A preset name, a JSON path (kit or nvdiffrec format), or a config object, plus overrides."""
+def overrides_dict(overrides: dict | str | None) -> dict:
+    """Overrides as a dict: a dict as is, a JSON object string (``papermill -p overrides '{"pass1.iterations": 50}'``)
+    parsed, empty or None as ``{}``."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        if not overrides.strip():
+            return {}
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"overrides {overrides!r} is not valid JSON ({err}); write e.g. "
+                             '\'{"pass1.iterations": 300}\'') from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict or a JSON object string, got {type(overrides).__name__}: "
+                         f"{overrides!r}")
+    return overrides
+
+
+def resolve(config: str | Path | ReconConfig | None, overrides: dict | str | None = None) -> ReconConfig:
+    """A preset name, a JSON path (kit or nvdiffrec format), or a config object, plus overrides (a dict or a JSON
+    object string, see :func:`overrides_dict`)."""
+    overrides = overrides_dict(overrides)
     if isinstance(config, ReconConfig):
         base = config
     elif config is None or config == "":

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from recon_kit.cameras import Camera, look_at
+from recon_kit.color import linear_to_srgb
+from recon_kit.data.dataset import ViewSet
 from recon_kit.mesh import Mesh
 
 
@@ -366,3 +368,19 @@ def fringe_report(renders_srgb: np.ndarray, alphas: np.ndarray, photos_srgb: np.
     views = [fringe_score(renders_srgb[i], alphas[i], background, band_px) for i in range(len(renders_srgb))]
     photos = [fringe_score(photos_srgb[i], masks[i], background, band_px) for i in range(len(photos_srgb))]
     return {"fringe": float(np.mean(views)), "fringe_views": views, "fringe_photos": float(np.mean(photos))}
+
+
+@torch.no_grad()
+def fringe(render_views, views, n_views: int = 8, band_px: float = 3.0) -> dict:
+    """Fringe scores (:func:`fringe_report`) of a reconstruction: ``render_views(viewset, background=...)``
+    (e.g. ``Trainer.render_views``) renders it over black from ``n_views`` angles between the training
+    ``views``; ``fringe_images`` holds those renders (sRGB, 0-1). ``band_px`` is in pixels at 1024²."""
+    cams = between_views(views.cameras[0], n_views)
+    size = (n_views, cams[0].height, cams[0].width)
+    novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
+    out = render_views(novel, background="black")
+    srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
+    photos = linear_to_srgb(views.rgb_linear.clamp(0, 1)).cpu().numpy()
+    report = fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos, views.mask.cpu().numpy(),
+                           band_px * cams[0].width / 1024)
+    return {**report, "fringe_images": srgb}

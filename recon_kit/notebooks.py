@@ -135,6 +135,7 @@ def run_demo(
     notebooks_dir: str | os.PathLike[str] | None = None,
     notebooks: Sequence[str] = NOTEBOOKS,
     echo=print,
+    stream: bool | None = None,
 ) -> DemoResult:
     """Run notebooks 01..04 in order, wiring each one's outputs into the next.
 
@@ -238,7 +239,8 @@ def run_demo(
         t0 = time.perf_counter()
         echo(f"[{i + 1}/4] {name}: " + ", ".join(f"{k}={v}" for k, v in req.items()))
         path = run_notebook(name, nb_out / Path(name).name, req, optional=opt, timeout=timeout,
-                            log_output=log_output, notebooks_dir=notebooks_dir)
+                            log_output=log_output, notebooks_dir=notebooks_dir,
+                            stream=(echo is print) if stream is None else stream)
         res.seconds[name] = round(time.perf_counter() - t0, 1)
         res.notebooks.append(path)
         echo(f"      done in {res.seconds[name]:.1f} s")

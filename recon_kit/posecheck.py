@@ -100,6 +100,13 @@ class Calibration:
     current_angle: float
     current_score: float
 
+    @property
+    def at_edge(self) -> bool:
+        """The best angle is the first or last one scanned: the true peak may lie outside the scanned range."""
+        angles = self.table["camera_angle_x"].to_numpy()
+        best = float(self.table.loc[self.table["coverage"].idxmax(), "camera_angle_x"])
+        return bool(len(angles)) and best in (float(angles.min()), float(angles.max()))
+
 
 @dataclass
 class PoseReport:
@@ -510,6 +517,11 @@ def check_poses(data, masks=None, *, bounds=(-1.0, 1.0), res: int = 64, mask_siz
                                                f"(coverage {calib.best_score:.2f}) much better than the given "
                                                f"{calib.current_angle:.3f} ({calib.current_score:.2f}): check the "
                                                "field of view."))
+    if calib is not None and calib.at_edge:
+        lo, hi = calib.table["camera_angle_x"].min(), calib.table["camera_angle_x"].max()
+        flags.append(Flag(None, "calibration_edge", f"the camera_angle_x scan peaks at the edge of its range "
+                                                    f"[{lo:.2f}, {hi:.2f}]: the best value may lie outside it; "
+                                                    "widen the scanned angles (check_poses(angles=...))."))
     settings = {"res": res, "mask_size": int(max(mw.shape[1:])), "bounds": resolve_bounds(bounds).tolist()}
     return PoseReport(names, cams, table, flags, fixes, calib, hull, settings)
 

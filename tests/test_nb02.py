@@ -19,8 +19,8 @@ def test_nb02_declares_its_parameters():
 
     params = pm.inspect_notebook(str(NOTEBOOK))  # clean outputs, tags, kernelspec: tests/test_notebooks_clean.py
     assert {"dataset_dir", "transforms", "grid_res", "write_corrected", "apply_calibration", "output_dir"} <= set(params)
-    assert params["dataset_dir"]["default"] == '"outputs/demo/data/256"'
-    assert params["output_dir"]["default"] == '"outputs/demo/posecheck"'
+    assert params["workspace"]["default"] == '"outputs/demo"'  # the empty paths follow from the workspace
+    assert params["dataset_dir"]["default"] == '""' and params["output_dir"]["default"] == '""'
     assert all(p["inferred_type_name"] != "None" and p["help"] for p in params.values())
 
 

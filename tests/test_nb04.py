@@ -17,7 +17,7 @@ def test_nb04_declares_its_parameters():
 
     params = pm.inspect_notebook(str(NOTEBOOK))  # clean outputs, tags, kernelspec: tests/test_notebooks_clean.py
     assert {"run_dir", "gt_mesh", "dataset_dir", "n_frames", "turntable_res"} <= set(params)
-    assert params["run_dir"]["default"] == '"outputs/demo/run"'
+    assert params["workspace"]["default"] == '"outputs/demo"' and params["run_dir"]["default"] == '""'
     assert params["gt_mesh"]["default"] == '""' and params["dataset_dir"]["default"] == '""'
     assert params["n_frames"]["default"] == "24" and params["turntable_res"]["default"] == "192"
     assert all(p["inferred_type_name"] != "None" and p["help"] for p in params.values())

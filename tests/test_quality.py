@@ -81,7 +81,7 @@ def test_training_with_refinement_edges_and_depth_schedule(dataset, tmp_path):
     assert float(tr.cam_refiner.zoom.abs().sum()) > 0
     result = tr.evaluate()
     assert np.isfinite(result["train_depth_residual"]) and 0 <= result["train_iou"] <= 1
-    fr = tr.fringe(n_views=2)
+    fr = metrics.fringe(tr.render_views, tr.views, n_views=2)
     assert 0 <= fr["fringe"] <= 1 and 0 <= fr["fringe_photos"] <= 1
 
 

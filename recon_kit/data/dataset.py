@@ -275,7 +275,8 @@ def load_viewset(dataset_dir: str | Path, resolution: int | None = None, device=
         subs = sorted((int(p.name) for p in dataset_dir.glob("*") if p.name.isdigit() and _transforms_file(p, split)),
                       reverse=True)
         if not subs:
-            raise DataError(f"{dataset_dir} holds no transforms.json for split {split!r} (nor <res>/ folders with "
+            raise DataError(f"{dataset_dir} (that is {dataset_dir.resolve()}) holds no transforms.json for split "
+                            f"{split!r} (nor <res>/ folders with "
                             "one); write a dataset with recon_kit.data.dataset.write_dataset or notebook 01 first")
         folder = dataset_dir / str(subs[0])
     path = _transforms_file(folder, split)

@@ -25,6 +25,7 @@ import torch
 from recon_kit import __version__
 from recon_kit.io.images import read_hdr, write_hdr  # noqa: F401
 from recon_kit.mesh import Mesh, vertex_normals
+from recon_kit.io.files import shareable
 
 
 
@@ -299,6 +300,7 @@ def bundle_zip(folder: str | Path, zip_path: str | Path) -> Path:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.resolve() not in skip):
                 zf.write(f, Path(folder.name) / f.relative_to(folder))
+        shareable(tmp)
         os.replace(tmp, zip_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

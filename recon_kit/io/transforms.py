@@ -198,7 +198,7 @@ def transforms_path(dataset_dir: str | Path) -> Path:
     subs = sorted((p for p in d.glob("*") if p.name.isdigit() and (p / "transforms.json").is_file()),
                   key=lambda p: int(p.name))
     if not subs:
-        raise FileNotFoundError(f"no transforms.json in {d} or its <res>/ folders")
+        raise FileNotFoundError(f"no transforms.json in {d} (that is {d.resolve()}) or its <res>/ folders")
     return subs[-1] / "transforms.json"
 
 

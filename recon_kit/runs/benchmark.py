@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from recon_kit import evaluate, synth
+from recon_kit.autoscale import fit_mesh_scale
 from recon_kit.config import resolve
 from recon_kit.data.dataset import load_viewset, prepare_dataset
 from recon_kit.mesh import Mesh, load_mesh, normalize_to_unit
@@ -116,13 +117,16 @@ def geometry_scores(mesh_path: str | Path, gt_path: str | Path, n_points: int) -
             "recall": g["recall"], "normal_consistency": g["normal_consistency"]}
 
 
-def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_scale: float, res: int = 96,
+def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_scale: float | str, res: int = 96,
               n_points: int = 50_000, device: str = "cpu") -> dict[str, dict]:
     """Score the visual hull of the masks and the fused depth maps of a prepared dataset against the GT;
-    their meshes are written to ``out/hull.obj`` and ``out/fused_depth.obj``."""
+    their meshes are written to ``out/hull.obj`` and ``out/fused_depth.obj``; ``mesh_scale="auto"`` is fitted to
+    the hull of the masks."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     views = load_viewset(dataset, device=device)
+    if mesh_scale == "auto":
+        mesh_scale = fit_mesh_scale(views.cameras, views.mask).mesh_scale
     t0 = time.perf_counter()
     carved = hull.carve(views.cameras, views.mask, bounds=mesh_scale, res=res, device=device)
     meshes = {"hull": fusion.occupancy_mesh(carved.occupancy_fn, carved.bounds, res - 1, device=device)}
@@ -257,7 +261,7 @@ def shoe_variant(dataset: str | Path, out: str | Path, preset: str, overrides: d
     t = time.perf_counter()
     result = finish(tr, dataset)
     seconds.update(finish=time.perf_counter() - t, bake=tr.timings["bake"], total=time.perf_counter() - t0)
-    fr = tr.fringe()
+    fr = evaluate.fringe(tr.render_views, tr.views)
     iio.imwrite(out / "novel.png", (np.concatenate(list(fr.pop("fringe_images")), 1) * 255 + 0.5).astype(np.uint8))
     bench = {"variant": out.name, "overrides": overrides, "preset": preset, "device": device_name(str(tr.device)),
              "seconds": seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,

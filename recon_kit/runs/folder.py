@@ -33,6 +33,7 @@ import torch
 
 from recon_kit.io.locking import LOCK_FILE
 from recon_kit.io.overwrite import check_clearable, clear, mark
+from recon_kit.io.files import shareable
 
 
 
@@ -113,6 +114,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(merged, fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
+        shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -120,7 +122,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str
     return merged
 
 
-__all__ = ["RunDir", "RunDirExistsError", "environment_info"]
+__all__ = ["RunDir", "RunDirExistsError", "environment_info", "new_run_path"]
 
 
 ENV_FILE = "env.json"
@@ -142,6 +144,31 @@ class RunDirExistsError(FileExistsError):
 def _utc_name() -> str:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     return f"{stamp}_{secrets.token_hex(3)}"
+
+
+def attach_package_log(run_dir: str | os.PathLike[str], level: int = logging.INFO) -> logging.Handler:
+    """Send the ``recon_kit`` package's log records (training, auto settings, warnings) to ``run_dir/log.txt``;
+    a handler attached earlier for another run is detached first (one run's log per process)."""
+    logger = logging.getLogger("recon_kit")
+    for h in list(logger.handlers):
+        if getattr(h, "_recon_kit_run_log", False):
+            logger.removeHandler(h)
+            h.close()
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(run_dir) / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.setLevel(level)
+    handler._recon_kit_run_log = True
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    return handler
+
+
+def new_run_path(root: str | os.PathLike[str] = "outputs/runs") -> Path:
+    """``root/<UTC time>_<suffix>``: a fresh run folder's path (nothing is created), the default of notebook 03."""
+    return Path(root) / _utc_name()
 
 
 def _json_default(obj: Any) -> Any:
@@ -322,6 +349,7 @@ class RunDir:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
+            shareable(tmp)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -6,6 +6,8 @@ The engine behind notebook-driven sweeps (:class:`recon_kit.runs.sweep.Sweep`) a
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,12 +68,15 @@ def run_notebook(
     start_timeout: float = 120,
     log_output: bool = False,
     notebooks_dir: str | os.PathLike[str] | None = None,
+    stream: bool = False,
 ) -> Path:
     """Execute ``notebooks/<name>`` into ``out_path`` with papermill (kernel ``python3``, no progress bar).
 
     ``parameters`` must all be declared by the notebook (else :class:`NotebookParameterError`, listing what it
     declares); ``optional`` ones are passed only if declared. ``timeout`` is papermill's per-cell limit in seconds
-    (None: no limit). A failing cell raises :class:`NotebookFailed` naming the executed copy.
+    (None: no limit). A failing cell raises :class:`NotebookFailed` naming the executed copy. ``stream``: print
+    one line per executed cell and pass the notebook's own output (e.g. the training progress bar) through to this
+    process's stdout/stderr as it comes.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -102,7 +107,33 @@ def run_notebook(
             start_timeout=start_timeout,
             # hide ipykernel's start-up warnings (e.g. "running over TCP without encryption"); errors still show
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            **(_streaming(src.name) if stream and not log_output else {}),
         )
     except PapermillExecutionError as err:
         raise NotebookFailed(src.name, out, err.cell_index, err.ename, err.evalue) from err
     return out
+
+
+def _streaming(name: str) -> dict:
+    """papermill/nbclient options that stream a notebook: one line per executed code cell (its first line and the
+    time it took) and the notebook's stderr raw, which carries the progress bars (a tqdm bar stays one line on a
+    terminal); printed results stay in the executed notebook."""
+    started = [time.perf_counter()]
+
+    def cell_done(cell=None, cell_index=None, **_):
+        tags = set(cell.metadata.get("tags", [])) if cell is not None else set()
+        if cell is None or cell.cell_type != "code" or tags & {"parameters", "injected-parameters"}:
+            return
+        lines = [ln.strip() for ln in cell.source.splitlines() if ln.strip() and not ln.startswith(("%", "#"))]
+        first = next((ln for ln in lines if not ln.startswith(("from ", "import "))), lines[0] if lines else "")
+        now = time.perf_counter()
+        print(f"      {name} cell {cell_index}: {first[:70]} ({now - started[0]:.1f} s)", flush=True)
+        started[0] = now
+
+    def cell_start(**_):
+        started[0] = time.perf_counter()
+
+    if not sys.stderr.isatty():  # logs, not a terminal: a bar line every 10 s instead of every 0.1 s
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
+    return {"stderr_file": sys.stderr, "on_cell_execute": cell_start,
+            "on_cell_executed": cell_done}

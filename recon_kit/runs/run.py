@@ -50,7 +50,7 @@ def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, re
     """
     from recon_kit.io import locking
     from recon_kit.io.fsio import check_writable
-    from recon_kit.runs.folder import RunDir
+    from recon_kit.runs.folder import RunDir, attach_package_log
     from recon_kit.runs.runconfig import write_run_config
 
     if run_dir is None:
@@ -59,8 +59,12 @@ def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, re
     lock = locking.acquire(run_dir, "training")   # one writer per run folder, before anything is cleared
     try:
         rd = RunDir.at(run_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+        attach_package_log(rd.dir)  # log.txt: the package's log of this run (incl. the fitted mesh_scale)
+        saved = rd.dir / "config.json"
+        if resume and saved.exists() and cfg.geometry.mesh_scale == "auto":  # resume at the scale fitted first
+            cfg.geometry.mesh_scale = ReconConfig.load(saved).geometry.mesh_scale
+        trainer = Trainer(cfg, views, rd.dir)       # fits geometry.mesh_scale when it is "auto"
         write_run_config(rd.dir, cfg, resume=resume, allow_changes=allow_changes)
-        trainer = Trainer(cfg, views, rd.dir)
         trainer.run_lock = lock
         if resume:
             trainer.resume()

@@ -133,6 +133,12 @@ class Trainer:
     # ---- model construction -------------------------------------------------------------------------
     def _build_pass1(self) -> None:
         g, m, cfg = self.cfg.geometry, self.cfg.material, self.cfg
+        if g.mesh_scale == "auto":
+            from recon_kit.autoscale import fit_mesh_scale
+
+            fit = fit_mesh_scale(self.views.cameras, self.views.mask)
+            log.info("%s", fit)
+            g.mesh_scale = fit.mesh_scale
         grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
         self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)
@@ -386,16 +392,20 @@ class Trainer:
         return fn
 
     # ---- running -------------------------------------------------------------------------------------
-    def run(self, iterations: int | None = None, progress: bool = True,
+    def run(self, iterations: int | None = None, progress: bool | str = True,
             callback: Callable[["Trainer", StepResult], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             before_step: Callable[["Trainer"], None] | None = None) -> "Trainer":
         """Run ``iterations`` steps (default: to the end of both passes) with a tqdm progress bar.
 
         ``before_step(trainer)`` runs before each step (the distributed loop does its collective pass switch
-        and reseeding there); ``callback(trainer, result)`` after it.
+        and reseeding there); ``callback(trainer, result)`` after it. ``progress="text"``: a plain-text bar even
+        in a kernel (papermill streams it; tqdm.auto would draw a widget nobody sees).
         """
-        from tqdm.auto import tqdm
+        if progress == "text":
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         remaining = self.total_iterations() - self.global_iteration()
         n = remaining if iterations is None else min(iterations, remaining)
@@ -553,21 +563,6 @@ class Trainer:
         if self.cam_refiner is None:
             return self.views
         return dataclasses.replace(self.views, cameras=self.cam_refiner.cameras(self.views.cameras))
-
-    @torch.no_grad()
-    def fringe(self, n_views: int = 8, band_px: float = 3.0) -> dict:
-        """Fringe scores (:func:`recon_kit.evaluate.fringe_report`) of renders over black from ``n_views``
-        angles between the training views; ``fringe_images`` holds those renders (sRGB, 0-1)."""
-        cams = rk_evaluate.between_views(self.views.cameras[0], n_views)
-        size = (n_views, cams[0].height, cams[0].width)
-        novel = ViewSet([c.name for c in cams], cams, torch.zeros(*size, 3), torch.zeros(size))
-        out = self.render_views(novel, background="black")
-        srgb = linear_to_srgb(out["rgb_linear"].clamp(0, 1)).cpu().numpy()
-        photos = linear_to_srgb(self.views.rgb_linear.clamp(0, 1)).cpu().numpy()
-        scale = cams[0].width / 1024
-        report = rk_evaluate.fringe_report(srgb, out["alpha"][..., 0].cpu().numpy(), photos,
-                                           self.views.mask.cpu().numpy(), band_px * scale)
-        return {**report, "fringe_images": srgb}
 
     @torch.no_grad()
     def evaluate(self, views: ViewSet | None = None, split: str = "train") -> dict:

@@ -257,7 +257,10 @@ def k3d_camera_scene(cameras: Sequence[Camera], images=None, hull_points=None, v
         size = float(hull_points.voxel_size.min()) if isinstance(hull_points, HullGrid) else 0.02
         if len(hp):
             plot += k3d.points(hp, point_size=size, color=0x808080, shader="flat", name="hull")
-    return plot
+    rig = [np.vstack([c.position[None], frustum_corners(c, depth)]) for c in cameras]
+    from recon_kit.viz.k3d_view import open_upright
+
+    return open_upright(plot, np.vstack(rig) if rig else np.zeros((1, 3)))
 
 
 def _png(img: np.ndarray) -> bytes:

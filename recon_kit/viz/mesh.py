@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from recon_kit.color import linear_to_srgb
 from recon_kit.io.meshfile import split_uv_seams
+from recon_kit.viz.k3d_view import open_upright
 from recon_kit.mesh import Mesh, vertex_normals
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -80,7 +81,7 @@ def k3d_mesh_plot(mesh: Mesh, kd_srgb_uint8: ArrayLike | None = None, show_wiref
         step = max(1, int(np.ceil(len(v_pos) / max(max_normals, 1))))
         plot += k3d.vectors(v_pos[::step], nrm[::step] * (0.03 * diag), color=0x1F77B4, use_head=False,
                             visible=show_normals, name="normals")
-    return plot
+    return open_upright(plot, v_pos)
 
 
 def save_html(plot: "k3d.plot.Plot", path: str | Path) -> Path:

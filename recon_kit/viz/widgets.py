@@ -14,7 +14,8 @@ import threading
 import traceback
 from typing import Callable
 
-from recon_kit.config import ReconConfig
+from recon_kit.config import AUTO_OR_NUMBER, ReconConfig, coerce_auto
+from recon_kit.viz.frontend import ErrorLine
 
 #: Config keys a running trainer picks up at its next step.
 LIVE = ("pass1.lr_pos", "pass1.lr_mat", "pass2.lr_pos", "pass2.lr_mat", "loss.coverage", "loss.kd_smooth",
@@ -41,6 +42,9 @@ def get_key(cfg: ReconConfig, key: str):
 
 def set_key(cfg: ReconConfig, key: str, value) -> None:
     section, name = key.split(".")
+    if key in AUTO_OR_NUMBER:
+        setattr(getattr(cfg, section), name, coerce_auto(key, value))
+        return
     setattr(getattr(cfg, section), name, type(getattr(getattr(cfg, section), name))(value))
 
 
@@ -83,11 +87,16 @@ def _png(image) -> bytes:
 class TrainingPanel:
     """Widgets around a :class:`~recon_kit.train.trainer.Trainer` built by ``make_trainer(cfg)``.
 
+    With ``run_dir`` given, the panel shows the run folder (editable) and a "resume" box, and builds trainers
+    with ``make_trainer(cfg, run_dir, resume)``: resuming is the user's explicit choice. Every callback's error
+    shows in the panel as one red line (traceback on demand), and ``error`` keeps the last traceback.
+    ``live_view`` (a :class:`~recon_kit.viz.live_view.LiveView`) is placed in the panel and follows the trainer.
     ``display()`` shows the panel; ``run_headless()`` trains synchronously (papermill) with the same trainer.
     """
 
-    def __init__(self, cfg: ReconConfig, make_trainer: Callable[[ReconConfig], object], preview_every: int = 10,
-                 on_finish: Callable[[object], None] | None = None) -> None:
+    def __init__(self, cfg: ReconConfig, make_trainer: Callable[..., object], preview_every: int = 10,
+                 on_finish: Callable[[object], None] | None = None, run_dir: str | None = None,
+                 resume: bool = False, live_view=None) -> None:
         import ipywidgets as W
 
         self.cfg = cfg
@@ -100,12 +109,16 @@ class TrainingPanel:
         self._stop = threading.Event()
         self._built_from: dict | None = None
         self.error: str | None = None
+        self.errors = ErrorLine()
+        self.live_view = live_view
         self.controls: dict[str, W.Widget] = {}
         for key, kind, lo, hi, step in CONTROLS:
             value = get_key(cfg, key)
             desc = key + ("" if key in LIVE else " *")
-            style = {"description_width": "150px"}
-            if kind == "int":
+            style = {"description_width": "160px"}
+            if key in AUTO_OR_NUMBER:  # "auto" or a number, typed
+                w = W.Text(value=str(value), description=desc, style=style, continuous_update=False)
+            elif kind == "int":
                 w = W.IntSlider(value=value, min=lo, max=max(hi, value), step=step, description=desc, style=style,
                                 continuous_update=False)
             elif kind == "log":
@@ -114,14 +127,21 @@ class TrainingPanel:
             else:
                 w = W.FloatSlider(value=value, min=lo, max=max(hi, value), step=step, description=desc,
                                   style=style, continuous_update=False)
-            w.observe(lambda change, k=key: self._on_change(k, change["new"]), names="value")
+            w.layout = W.Layout(width="440px")
+            w.observe(self.errors.guard(lambda change, k=key: self._on_change(k, change["new"]), f"setting {key}"),
+                      names="value")
             self.controls[key] = w
         self.start_button = W.Button(description="Start", button_style="success", icon="play")
         self.pause_button = W.ToggleButton(description="Pause", icon="pause")
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop")
-        self.start_button.on_click(lambda _: self.start())
-        self.pause_button.observe(lambda c: self._pause.set() if c["new"] else self._pause.clear(), names="value")
-        self.stop_button.on_click(lambda _: self.stop())
+        self.start_button.on_click(self.errors.guard(lambda _: self.start(), "Start"))
+        self.pause_button.observe(self.errors.guard(
+            lambda c: self._pause.set() if c["new"] else self._pause.clear(), "Pause"), names="value")
+        self.stop_button.on_click(self.errors.guard(lambda _: self.stop(), "Stop"))
+        self.run_dir_field = W.Text(value=str(run_dir or ""), description="run folder", style={"description_width": "80px"},
+                                    layout=W.Layout(width="440px"))
+        self.resume_box = W.Checkbox(value=bool(resume), description="resume the run in this folder", indent=False)
+        self._uses_run_dir = run_dir is not None
         self.progress = W.IntProgress(value=0, min=0, max=cfg.pass1.iterations + cfg.pass2.iterations,
                                       description="progress")
         self.status = W.HTML(value="<code>idle</code>")
@@ -129,8 +149,10 @@ class TrainingPanel:
         self.plot = W.Image(format="png", value=loss_plot_png([]))
         note = W.HTML("<small>* applies at the next Start (a new run); the others apply at the next step.</small>")
         left = W.VBox(list(self.controls.values()) + [note])
-        right = W.VBox([W.HBox([self.start_button, self.pause_button, self.stop_button]), self.progress,
-                        self.status, self.image, self.plot])
+        run_row = [W.HBox([self.run_dir_field, self.resume_box])] if self._uses_run_dir else []
+        view = [live_view.widget] if live_view is not None else []
+        right = W.VBox(run_row + [W.HBox([self.start_button, self.pause_button, self.stop_button]), self.progress,
+                                  self.status, self.errors.widget, *view, self.image, self.plot])
         self.widget = W.HBox([left, right])
 
     # ---- control -----------------------------------------------------------------------------------
@@ -153,13 +175,30 @@ class TrainingPanel:
             self.pause_button.value = False
             return
         self._stop.clear()
+        self.errors.clear()
         self.pause_button.value = False
         if self._restart_needed():
-            self.trainer = self.make_trainer(self.cfg)
+            self._set_status("building the trainer ...")
+            try:
+                self.trainer = self._make()
+            except Exception:
+                self._set_status("not started (see the red line below)")
+                raise
             self._built_from = {k: get_key(self.cfg, k) for k, *_ in CONTROLS if k not in LIVE}
             self.progress.max = self.trainer.total_iterations()
+            if self.live_view is not None:
+                self.live_view.follow(self.trainer)
         self.thread = threading.Thread(target=self._loop, name="recon-kit-train", daemon=True)
         self.thread.start()
+
+    def _make(self):
+        if not self._uses_run_dir:
+            return self.make_trainer(self.cfg)
+        run_dir = self.run_dir_field.value.strip()
+        if not run_dir:
+            raise ValueError("the run folder is empty: type a folder name (a new one, or an existing one with "
+                             "'resume' ticked)")
+        return self.make_trainer(self.cfg, run_dir, self.resume_box.value)
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,13 +220,16 @@ class TrainingPanel:
                 self.progress.value = tr.global_iteration()
                 if tr.it % self.preview_every == 0 or tr.done:
                     self.refresh(result)
+                if self.live_view is not None:
+                    self.live_view.step_done(tr)
             self._set_status(("finished" if tr.done else "stopped") + f" at {tr.pass_name} step {tr.it}")
             if tr.done and self.on_finish is not None:
                 self.on_finish(tr)
                 self._set_status(f"finished and exported: {getattr(tr, 'run_dir', '')}")
-        except Exception:  # surface the error in the panel instead of dying silently in the thread
+        except Exception as exc:  # surface the error in the panel instead of dying silently in the thread
             self.error = traceback.format_exc()
-            self._set_status("error: " + self.error.strip().splitlines()[-1])
+            self.errors.show(exc, "training")
+            self._set_status(f"stopped by an error at {tr.pass_name} step {tr.it}")
 
     def refresh(self, result=None) -> None:
         tr = self.trainer
@@ -206,8 +248,8 @@ class TrainingPanel:
 
     def run_headless(self, progress: bool = True):
         """Train to the end in this thread (papermill, scripts) and return the trainer."""
-        self.trainer = self.make_trainer(self.cfg)
-        self.trainer.run(progress=progress)
+        self.trainer = self._make()
+        self.trainer.run(progress="text" if progress else False)  # nobody sees a widget bar here
         if self.on_finish is not None:
             self.on_finish(self.trainer)
         return self.trainer
