@@ -39,8 +39,8 @@ class GeometryConfig:
     mesh_scale: float | Literal["auto"] = "auto"
     """Side of the cube the grid spans, centred at the origin; "auto": fitted to the visual hull with a margin when
     training starts (recon_kit.autoscale)."""
-    init: Literal["hull", "sphere", "random"] = "hull"
-    """Hull (visual hull of the masks), sphere, random (nvdiffrec)."""
+    init: Literal["hull", "depth", "sphere", "random"] = "hull"
+    """Hull (visual hull of the masks), depth (depth maps fused with the hull), sphere, random (nvdiffrec)."""
     hull_res: int = 96
     """Voxels per axis for the visual hull."""
     sdf_regularizer: float = 0.2
@@ -216,7 +216,8 @@ class ReconConfig:
             (self.geometry.mesh_scale == "auto" or (isinstance(self.geometry.mesh_scale, float)
                                                     and self.geometry.mesh_scale > 0),
              "geometry.mesh_scale must be > 0 or 'auto'"),
-            (self.geometry.init in ("hull", "sphere", "random"), "geometry.init must be hull, sphere or random"),
+            (self.geometry.init in ("hull", "depth", "sphere", "random"),
+             "geometry.init must be hull, depth, sphere or random"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
             (all(len(x) == 3 for x in (self.material.kd_min, self.material.kd_max, self.material.ks_min,
                                        self.material.ks_max)), "material kd/ks ranges need 3 values each"),

@@ -22,7 +22,7 @@ def test_unknown_key_lists_valid_ones():
 def test_bad_types_and_values_are_named():
     with pytest.raises(C.ConfigError, match="pass1.batch must be int"):
         C.ReconConfig.from_dict({"pass1": {"batch": "two"}})
-    with pytest.raises(C.ConfigError, match="geometry.init must be hull, sphere or random"):
+    with pytest.raises(C.ConfigError, match="geometry.init must be hull, depth, sphere or random"):
         C.ReconConfig.from_dict({"geometry": {"init": "cube"}})
 
 

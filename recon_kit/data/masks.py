@@ -1,4 +1,9 @@
-"""Foreground masks (from depth, alpha or a background colour) and depth clean-up."""
+"""Foreground masks (from depth, alpha or a background colour) and depth clean-up.
+
+Mask cleaning fills speck holes but keeps real ones (the view through a mug handle):
+``scipy.ndimage.binary_fill_holes`` fills every enclosed hole, which turns a see-through opening into a membrane
+in the visual hull and in the reconstruction, so :func:`fill_small_holes` fills only holes that are specks.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,48 @@ from recon_kit.data.capture import Capture
 from recon_kit.io.images import DataError
 from recon_kit.io.images import resize_nearest
 
-
-
-
 MaskSource = Literal["depth", "alpha", "background"]
 
 
-def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, fill_holes: bool = True
-               ) -> np.ndarray:
-    """Remove specks and holes from a boolean mask.
+#: Holes above this fraction of the mask's area are kept (the demo object's handle hole is about 10 %).
+MAX_SPECK_FRACTION: float = 0.02
+
+
+def fill_small_holes(mask: np.ndarray, max_fraction: float | None = MAX_SPECK_FRACTION,
+                     background: np.ndarray | None = None, min_background: float = 0.5,
+                     min_pixels: int = 4) -> np.ndarray:
+    """``mask`` (bool ``[H,W]``) with its enclosed holes filled, except real ones.
+
+    A hole is kept when its area exceeds ``max_fraction`` of the mask's area (``None`` fills every hole, the
+    old behaviour), or when it has at least ``min_pixels`` pixels of which at least ``min_background`` are
+    ``True`` in ``background`` (pixels known to be background, same shape as the mask).
+    """
+    m = np.asarray(mask, dtype=bool)
+    filled = ndi.binary_fill_holes(m)
+    if max_fraction is None:
+        return filled
+    holes = filled & ~m
+    labels, n = ndi.label(holes)
+    if n == 0:
+        return filled
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes > max_fraction * max(1, int(m.sum()))
+    if background is not None:
+        bg = np.bincount(labels.ravel(), weights=np.asarray(background, bool).ravel().astype(np.float64),
+                         minlength=n + 1)
+        keep |= (sizes >= min_pixels) & (bg >= min_background * np.maximum(sizes, 1))
+    keep[0] = False
+    return filled & ~keep[labels]
+
+
+def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, fill_holes: bool = True,
+               max_hole: float | None = MAX_SPECK_FRACTION) -> np.ndarray:
+    """Remove specks and speck holes from a boolean mask.
 
     ``opening`` iterations of a 3x3 binary opening drop specks and 1-2 pixel threads; connected components
-    smaller than ``min_component`` times the largest one are dropped; ``fill_holes`` fills enclosed holes.
+    smaller than ``min_component`` times the largest one are dropped; ``fill_holes`` fills enclosed holes up to
+    ``max_hole`` of the mask's area (larger ones are real openings and kept; ``None`` fills all), see
+    :func:`fill_small_holes`.
     """
     m = np.asarray(mask, dtype=bool)
     if opening > 0:
@@ -35,7 +70,7 @@ def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, 
             sizes[0] = 0
             m = (sizes >= min_component * sizes.max())[labels]
     if fill_holes:
-        m = ndi.binary_fill_holes(m)
+        m = fill_small_holes(m, max_hole)
     return m
 
 
@@ -96,7 +131,7 @@ def compute_masks(capture: Capture, source: MaskSource = "depth", *, background=
 
     ``"depth"``: ``depth > 0``; ``"alpha"``: the photo's alpha channel; ``"background"``: pixels away from the
     (estimated or given) background colour, see :func:`mask_from_background`. Depth maps, when present, always
-    lose specks and get holes filled (:func:`clean_depth`), so ``depth > 0`` stays a clean mask.
+    lose specks and get speck holes filled (:func:`clean_depth`), so ``depth > 0`` stays a clean mask.
     """
     clean = dict(opening=opening, min_component=min_component)
     views = []

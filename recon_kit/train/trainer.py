@@ -31,7 +31,7 @@ from recon_kit.io import meshfile
 from recon_kit import mesh as rk_mesh
 from recon_kit.model import dmtet as rk_dmtet
 from recon_kit.model import fixed_mesh
-from recon_kit.model import hull
+from recon_kit.model.fusion import initial_occupancy
 from recon_kit.model import materials
 from recon_kit.model.camera_refine import CameraRefiner
 from recon_kit.cameras import stack_matrices
@@ -144,10 +144,9 @@ class Trainer:
                                     generator=None).to(self.device)
         if g.init == "random":
             self.dmtet.init_sdf("random", generator=self.generator)
-        if g.init == "hull":
-            carved = hull.carve(self.views.cameras, self.views.mask, bounds=g.mesh_scale, res=g.hull_res,
-                                device=self.device)
-            self.dmtet.init_sdf_from_occupancy(carved.occupancy_fn, truncation=3.0)
+        occupancy = initial_occupancy(g, self.views, self.device)
+        if occupancy is not None:
+            self.dmtet.init_sdf_from_occupancy(occupancy, truncation=3.0)
         lo, hi = self.dmtet.aabb()
         self.field = materials.MaterialField(
             torch.stack([lo, hi]), encoder=m.encoder, hidden=m.mlp_width, kd_min=m.kd_min, kd_max=m.kd_max,
