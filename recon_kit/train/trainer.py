@@ -342,7 +342,7 @@ class Trainer:
 
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
+        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.unwrap_target())
         if mesh.num_faces == 0:
             raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
                                "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
