@@ -21,6 +21,7 @@ from torch.profiler import record_function
 from recon_kit.render.shading import ShadingMaps, fg_lut, perturb_normal, split_sum
 from recon_kit.mesh import Mesh, face_normals, vertex_normals, vertex_tangents
 from recon_kit.render.raster import Rasterizer
+from recon_kit.render.compile_cache import use_compile_cache
 
 
 
@@ -147,7 +148,9 @@ class _CompiledShader:
     it logs a warning and stays eager."""
 
     def __init__(self) -> None:
-        log.info("compiling the shading (torch.compile, once per process: up to a minute on first use)")
+        cache = use_compile_cache()
+        log.info("compiling the shading (torch.compile, once per process: up to a minute on first use, "
+                 "seconds when %s holds an earlier process's graphs)", cache)
         self.fn, self.failed = torch.compile(shade_pixels, dynamic=True), False
 
     def __call__(self, *args, **kw) -> tuple[torch.Tensor, torch.Tensor]:
