@@ -172,6 +172,9 @@ class ReconConfig:
     """Auto, torch, nvdiffrast."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Torch.compile of shading and hash grid: auto (on CUDA only), on, off."""
+    shade_chunk: int = 0
+    """Shade covered pixels this many at a time under activation checkpointing (0 = all at once): lower peak
+    memory at high resolution (2048², batch 6) for one more shading forward per step."""
     checkpoint_every: int = 500
     """Checkpoint every N steps (0 = off)."""
     snapshot_every: int = 50
@@ -215,6 +218,7 @@ class ReconConfig:
         checks = [
             (self.data.resolution >= 16, "data.resolution must be >= 16"),
             (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
+            (self.shade_chunk >= 0, "shade_chunk must be >= 0 (0 = shade every covered pixel at once)"),
             (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),

@@ -258,8 +258,8 @@ class Trainer:
             loss = self.dmtet.sdf_reg_loss() + (self.dmtet.sdf - 0.1).abs().mean()
             self._backward_step(loss)
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
-
-        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
+        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile,
+                          shade_chunk=self.cfg.shade_chunk)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
