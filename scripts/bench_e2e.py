@@ -10,7 +10,8 @@ CUDA, the process's peak RSS on the CPU) and the quality metrics (6-view PSNR/SS
 
 The shoe on the GPU machine (issue 15; run it twice: the second run shows the warm start-up)::
 
-    python scripts/bench_e2e.py ../shared/datasets/shoe --preset gpu-default --out outputs/bench_e2e/shoe
+    python scripts/bench_e2e.py ../shared/datasets/shoe --align --preset gpu-default \
+        --set geometry.mesh_scale=2.5 --out outputs/bench_e2e/shoe-cold      # then again with --out .../shoe-warm
 
 The demo on the CPU at tiny settings (what tests/test_bench_e2e.py runs)::
 
@@ -111,7 +112,7 @@ def _finite(value) -> float | None:
 
 
 def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int | None, overwrite: bool,
-        progress: bool = True) -> dict:
+        progress: bool = True, mask_source: str = "depth", align: bool = False) -> dict:
     """The benchmark itself (see the module docstring); returns what it writes to ``out/bench_e2e.json``."""
     import torch
 
@@ -135,7 +136,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
             raise SystemExit(f"bench_e2e: capture folder {capture_dir} does not exist (or pass 'demo')")
     t0 = time.perf_counter()
     prepared = prepare_dataset(capture_dir, out / "dataset", resolutions=(res,), overwrite=overwrite,
-                               progress=progress)
+                               progress=progress, mask_source=mask_source, align=align)
     dataset_dir = prepared.folders[res]
     views = load_viewset(dataset_dir, resolution=res)
     phases["prepare"] = time.perf_counter() - t0
@@ -177,7 +178,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
     quality.update({k: _finite(v) for k, v in fringe.items() if k != "fringe_images" and not isinstance(v, list)})
     end_to_end = sum(phases[k] for k in ("prepare", "trainer_init", "pass1", "bake", "pass2", "finish"))
     report = {
-        "capture": str(capture), "preset": preset, "overrides": overrides, "resolution": res,
+        "capture": str(capture), "align": align, "mask_source": mask_source, "preset": preset, "overrides": overrides, "resolution": res,
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "backend": trainer.rast.name, "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="gpu-default", help="config preset or config JSON")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--resolution", type=int, default=None, help="training resolution (default: the preset's)")
+    ap.add_argument("--mask-source", default="depth", help="prepare_dataset's mask_source (the shoe: depth)")
+    ap.add_argument("--align", action="store_true", help="align depth to the photos when preparing (the shoe)")
     ap.add_argument("--out", required=True, help="output folder (dataset/, run/, bench_e2e.json)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark in --out")
     ap.add_argument("--no-progress", action="store_true")
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"bench_e2e: {out / 'bench_e2e.json'} exists; pass --overwrite or another --out")
     out.mkdir(parents=True, exist_ok=True)
     report = run(a.capture, out, a.preset, parse_overrides(a.set), a.resolution, a.overwrite,
-                 progress=not a.no_progress)
+                 progress=not a.no_progress, mask_source=a.mask_source, align=a.align)
     print(json.dumps(report, indent=2))
     return report
 
