@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 FieldFn = Callable[..., dict[str, torch.Tensor]]
 
 
-def uv_unwrap(mesh: Mesh, max_faces: int | None = None, texture_res: int = 1024, padding: int = 2) -> Mesh:
+def uv_unwrap(mesh: Mesh, max_faces: int | None = None, texture_res: int = 1024, padding: int = 2,
+              chart_iterations: int = 0) -> Mesh:
     """Parametrise ``mesh`` with xatlas: same positions and triangles (``t_pos_idx = vmapping[indices]``), plus
     ``v_tex`` [T,2] in [0,1] and ``t_tex_idx`` [F,3] that split vertices along chart seams.
 
     ``texture_res``/``padding`` guide xatlas' packing (chart spacing in texels; xatlas picks the exact atlas
     size). xatlas' uv (0,0) is the first row of its atlas images, the kit's convention, so no flip is applied.
     Raises ValueError when the mesh has more than ``max_faces`` faces: xatlas time grows quickly with the face
-    count, so decimate first (``recon_kit.mesh.simplify``).
+    count, so decimate first (``recon_kit.mesh.simplify``; the trainer does, to ``geometry.unwrap_faces``).
+    ``chart_iterations`` is xatlas' ``ChartOptions.max_iterations`` (its default 1 re-grows the charts once more:
+    twice the time for ~25 % fewer charts on a pass-1 surface, docs/benchmarks.md §13).
     """
     import xatlas
 
@@ -46,9 +49,10 @@ def uv_unwrap(mesh: Mesh, max_faces: int | None = None, texture_res: int = 1024,
     t0 = time.perf_counter()
     atlas = xatlas.Atlas()
     atlas.add_mesh(mesh.v_pos.detach().float().cpu().numpy(), mesh.t_pos_idx.cpu().numpy().astype(np.uint32))
-    pack = xatlas.PackOptions()
+    chart, pack = xatlas.ChartOptions(), xatlas.PackOptions()
+    chart.max_iterations = int(chart_iterations)
     pack.resolution, pack.padding, pack.bilinear = int(texture_res), int(padding), True
-    atlas.generate(pack_options=pack)
+    atlas.generate(chart_options=chart, pack_options=pack)
     vmapping, indices, uvs = atlas.get_mesh(0)
     if atlas.atlas_count != 1 or indices.shape[0] != n_faces:
         raise RuntimeError(f"xatlas returned {atlas.atlas_count} atlases and {indices.shape[0]} of {n_faces} faces")

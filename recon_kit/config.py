@@ -49,6 +49,14 @@ class GeometryConfig:
     """Pass-2 Laplacian weight (relative mode), decays linearly to 0."""
     max_faces: int = 200_000
     """Pass-2 meshes above this are decimated before UV unwrapping."""
+    unwrap_faces: int = 0
+    """Decimate the pass-1 mesh to this many faces before UV unwrapping (xatlas' time grows faster than the face
+    count; pass 2 re-fits the vertices and the baked normal map carries the detail); 0 = only max_faces. 20000
+    unwraps a 45k-face surface ~9x faster (docs/benchmarks.md §13); off until its quality on the shoe is measured."""
+
+    def unwrap_target(self) -> int:
+        """Face count the pass-1 mesh is decimated to before unwrapping."""
+        return min(self.max_faces, self.unwrap_faces) if self.unwrap_faces > 0 else self.max_faces
 
 
 @dataclass
@@ -166,6 +174,9 @@ class ReconConfig:
     """Auto, torch, nvdiffrast."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Torch.compile of shading and hash grid: auto (on CUDA only), on, off."""
+    shade_chunk: int = 0
+    """Shade covered pixels this many at a time under activation checkpointing (0 = all at once): lower peak
+    memory at high resolution (2048², batch 6) for one more shading forward per step."""
     checkpoint_every: int = 500
     """Checkpoint every N steps (0 = off)."""
     snapshot_every: int = 50
@@ -209,6 +220,7 @@ class ReconConfig:
         checks = [
             (self.data.resolution >= 16, "data.resolution must be >= 16"),
             (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
+            (self.shade_chunk >= 0, "shade_chunk must be >= 0 (0 = shade every covered pixel at once)"),
             (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),
@@ -218,6 +230,7 @@ class ReconConfig:
              "geometry.mesh_scale must be > 0 or 'auto'"),
             (self.geometry.init in ("hull", "depth", "sphere", "random"),
              "geometry.init must be hull, depth, sphere or random"),
+            (self.geometry.unwrap_faces >= 0, "geometry.unwrap_faces must be >= 0 (0 = no extra decimation)"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
             (all(len(x) == 3 for x in (self.material.kd_min, self.material.kd_max, self.material.ks_min,
                                        self.material.ks_max)), "material kd/ks ranges need 3 values each"),
@@ -338,7 +351,7 @@ PRESETS: dict[str, dict] = {
                     "loss": {"edge_px": 8.0}, "cameras": {"refine": True}},
     # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth, no camera or edge
     # corrections) at the user's nvdiffrec settings (1024^2, batch 2, grid 128, 5000 + 5000, lr 0.03 / 0.01).
-    "seed-nvdiffrec": {"geometry": {"init": "random", "grid_res": 128, "mesh_scale": 2.1},  # NVDIFFREC_BEHAVIOUR +
+    "seed-nvdiffrec": {"geometry": {"init": "random", "grid_res": 128, "mesh_scale": 2.1, "unwrap_faces": 0},  # NVDIFFREC_BEHAVIOUR +
                        "data": {"use_depth": False, "resolution": 1024},
                        "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                        "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},

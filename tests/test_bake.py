@@ -103,3 +103,24 @@ def test_dilate_copies_the_nearest_covered_texel():
     assert out[0, 0] == 1.0 and out[4, 5] == 2.0 and out[1, 1] == 1.0 and out[3, 4] == 2.0
     limited = dilate({"a": tex}, cov, gutter=1)["a"][..., 0]
     assert limited[1, 2] == 1.0 and limited[0, 5] == 1.5                      # beyond the gutter: mean of charts
+
+
+def test_unwrap_faces_decimates_before_xatlas():
+    """geometry.unwrap_faces caps the face count xatlas sees (the trainer's pass switch), max_faces still applies."""
+    import trimesh
+
+    from recon_kit.config import ConfigError, GeometryConfig, ReconConfig
+    from recon_kit.mesh import Mesh, clean_mesh
+
+    assert GeometryConfig(unwrap_faces=20_000).unwrap_target() == 20_000
+    assert GeometryConfig().unwrap_target() == GeometryConfig().max_faces   # off by default
+    assert GeometryConfig(unwrap_faces=0, max_faces=5000).unwrap_target() == 5000
+    assert GeometryConfig(unwrap_faces=9000, max_faces=5000).unwrap_target() == 5000
+    with pytest.raises(ConfigError, match="unwrap_faces"):
+        ReconConfig.from_dict({"geometry": {"unwrap_faces": -1}})
+    ico = trimesh.creation.icosphere(subdivisions=5)   # 20,480 faces
+    mesh = Mesh(torch.tensor(ico.vertices, dtype=torch.float32), torch.tensor(ico.faces, dtype=torch.int64))
+    small = clean_mesh(mesh, target_faces=GeometryConfig(unwrap_faces=2000).unwrap_target())
+    assert 1500 <= small.num_faces <= 2100
+    uv = uv_unwrap(small, max_faces=2100, texture_res=256)
+    assert uv.has_uv and uv.num_faces == small.num_faces

@@ -60,28 +60,33 @@ def test_shaded_antialiased_images_agree(scene):
         assert psnr(imgs[0][i].cpu().numpy(), imgs[1][i].cpu().numpy()) > 35
 
 
-def test_compiled_shading_matches_eager(scene):
-    """render_mesh(compile=True) (the CUDA default) gives the eager images and gradients to float precision."""
+def _render_with_grads(scene, kd, **render_kw):
+    """Images and the gradients to kd and the light of one render_mesh call with ``render_kw``."""
     mesh, cams = scene
     r = get_rasterizer("nvdiffrast", "cuda")
-    kd = torch.rand(mesh.num_vertices, 3, device="cuda")
-    results = []
-    for compile in (False, True):
-        light = EnvLight(64).cuda()
-        torch.manual_seed(0)
-        with torch.no_grad():
-            light.base.copy_(torch.rand_like(light.base) * 2)
-        k = kd.clone().requires_grad_(True)
+    light = EnvLight(64).cuda()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        light.base.copy_(torch.rand_like(light.base) * 2)
+    k = kd.clone().requires_grad_(True)
 
-        def material(gb, k=k):
-            return {"kd": r.interpolate(k, gb.rast, gb.tri)[0],
-                    "ks": torch.tensor([0.0, 0.4, 0.2], device="cuda").expand_as(gb.pos),
-                    "normal": torch.tensor([0.1, 0.0, 1.0], device="cuda").expand_as(gb.pos)}
-        out = render_mesh(r, mesh, cams, (256, 256), material, light, torch.ones(4, 256, 256, 3, device="cuda"),
-                          compile=compile)
-        out["rgb_linear"].square().mean().backward()
-        results.append((out["rgb_linear"].detach(), k.grad, light.base.grad))
-    for a, b in zip(*results):
+    def material(gb):
+        return {"kd": r.interpolate(k, gb.rast, gb.tri)[0],
+                "ks": torch.tensor([0.0, 0.4, 0.2], device="cuda").expand_as(gb.pos),
+                "normal": torch.tensor([0.1, 0.0, 1.0], device="cuda").expand_as(gb.pos)}
+    out = render_mesh(r, mesh, cams, (256, 256), material, light, torch.ones(4, 256, 256, 3, device="cuda"),
+                      **render_kw)
+    out["rgb_linear"].square().mean().backward()
+    return out["rgb_linear"].detach(), k.grad, light.base.grad
+
+
+@pytest.mark.parametrize("render_kw", [{"compile": True}, {"compile": True, "shade_chunk": 4096}],
+                         ids=["compiled", "compiled-chunked"])
+def test_compiled_shading_matches_eager(scene, render_kw):
+    """render_mesh(compile=True) (the CUDA default), also with the shading in checkpointed chunks
+    (shade_chunk, the 2048² memory path), gives the eager one-call images and gradients to float precision."""
+    kd = torch.rand(scene[0].num_vertices, 3, device="cuda")
+    for a, b in zip(_render_with_grads(scene, kd, compile=False), _render_with_grads(scene, kd, **render_kw)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -120,3 +125,4 @@ def test_training_steps_on_gpu(tmp_path):
     tr.run(progress=False)
     assert tr.done and tr.rast.name == "nvdiffrast"
     assert all(torch.isfinite(torch.tensor(h["total"])) for h in tr.history)
+

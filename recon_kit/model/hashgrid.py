@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from recon_kit.render.compile_cache import use_compile_cache
+
 log = logging.getLogger(__name__)
 
 
@@ -167,6 +169,7 @@ class HashGridEncoder(nn.Module):
         if self._compiled is None:
             self._compiled = (_gather, _scatter)
             try:
+                use_compile_cache()
                 gather, scatter = torch.compile(_gather, dynamic=True), torch.compile(_scatter, dynamic=True)
                 with torch.no_grad():  # warm up at a realistic size: Triton tunes launch configs on first use
                     out, idx, w = gather(torch.rand(1 << 18, 3, device=device), self.table, self.res, self.factor,

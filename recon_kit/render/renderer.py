@@ -21,6 +21,7 @@ from torch.profiler import record_function
 from recon_kit.render.shading import ShadingMaps, fg_lut, perturb_normal, split_sum
 from recon_kit.mesh import Mesh, face_normals, vertex_normals, vertex_tangents
 from recon_kit.render.raster import Rasterizer
+from recon_kit.render.compile_cache import use_compile_cache
 
 
 
@@ -147,7 +148,9 @@ class _CompiledShader:
     it logs a warning and stays eager."""
 
     def __init__(self) -> None:
-        log.info("compiling the shading (torch.compile, once per process: up to a minute on first use)")
+        cache = use_compile_cache()
+        log.info("compiling the shading (torch.compile, once per process: up to a minute on first use, "
+                 "seconds when %s holds an earlier process's graphs)", cache)
         self.fn, self.failed = torch.compile(shade_pixels, dynamic=True), False
 
     def __call__(self, *args, **kw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,15 +170,31 @@ def compiled_shader() -> _CompiledShader:
     return _CompiledShader()
 
 
+def shade_in_chunks(shader: Callable, chunk: int, maps, lut, *rows, bsdf: str = "pbr"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shader(maps, lut, *rows, bsdf)`` over the rows ``chunk`` at a time, each chunk under activation
+    checkpointing: its intermediates (the split-sum's ~200 per-pixel tensors) are freed after the forward and
+    recomputed in the backward, so peak memory holds one chunk's instead of every covered pixel's. Same values
+    and gradients as one call (``rows`` entries may be None)."""
+    from torch.utils.checkpoint import checkpoint
+
+    n = rows[0].shape[0]
+    parts = [checkpoint(shader, maps, lut, *(None if r is None else r[s:s + chunk] for r in rows), bsdf,
+                        use_reentrant=False) for s in range(0, n, chunk)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tuple[int, int],
                 material: MaterialFn, light, background: torch.Tensor, bsdf: str = "pbr",
-                antialias: bool = True, compile: bool | None = None) -> dict:
+                antialias: bool = True, compile: bool | None = None, shade_chunk: int = 0) -> dict:
     """Render ``mesh`` with ``material`` under ``light`` over ``background`` [B,H,W,3] (all linear RGB).
 
     ``views`` holds ``mvp``, ``w2c`` [B,4,4] and ``campos`` [B,3] (see :func:`recon_kit.cameras.stack_matrices`).
     Returns ``rgb_linear`` and ``alpha`` (antialiased), and the G-buffer-derived ``depth``, ``mask``,
     ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself. ``compile`` runs the
     shading compiled (:func:`shade_pixels`; default: on CUDA only; eager again if the compiler fails).
+    ``shade_chunk`` > 0 shades the covered pixels that many at a time under checkpointing (:func:`shade_in_chunks`:
+    less memory in training at high resolution, one more shading forward in the backward).
     """
     with record_function("rk.rasterize"):
         gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
@@ -188,9 +207,13 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
         n_map = mat.get("normal")
         pbr = bsdf in ("pbr", "diffuse")
         shader = compiled_shader() if (pos.is_cuda if compile is None else compile) else shade_pixels
-        rgb, n_shade = shader(light.maps() if pbr else None, fg_lut(device=pos.device) if pbr else None,
-                              pos, campos, gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
-                              None if n_map is None else gb.rows(n_map), gb.rows(mat["kd"]), gb.rows(mat["ks"]), bsdf)
+        maps, lut = (light.maps(), fg_lut(device=pos.device)) if pbr else (None, None)
+        rows = (pos, campos, gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
+                None if n_map is None else gb.rows(n_map), gb.rows(mat["kd"]), gb.rows(mat["ks"]))
+        if shade_chunk > 0 and torch.is_grad_enabled() and pos.shape[0] > shade_chunk:
+            rgb, n_shade = shade_in_chunks(shader, shade_chunk, maps, lut, *rows, bsdf=bsdf)
+        else:
+            rgb, n_shade = shader(maps, lut, *rows, bsdf)
         rgb = gb.scatter(rgb, background)
         n_shade = gb.scatter(n_shade)
     color = torch.cat([rgb, gb.mask], -1)

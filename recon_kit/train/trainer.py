@@ -263,8 +263,8 @@ class Trainer:
             loss = self.dmtet.sdf_reg_loss() + (self.dmtet.sdf - 0.1).abs().mean()
             self._backward_step(loss)
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
-
-        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
+        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile,
+                          shade_chunk=self.cfg.shade_chunk)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
@@ -347,7 +347,7 @@ class Trainer:
 
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.max_faces)
+        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.unwrap_target())
         if mesh.num_faces == 0:
             raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
                                "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
