@@ -459,6 +459,14 @@ def from_nvdiffrec(data: dict, source: str = "nvdiffrec config") -> ReconConfig:
     return ReconConfig.from_dict(cfg, source=source)
 
 
+def setting_matches(saved: Any, wanted: Any) -> bool:
+    """Whether a run's saved setting satisfies the wanted one: equal, or wanted ``"auto"`` and saved the number
+    it was fitted to (``geometry.mesh_scale``), so resumes and re-run sweeps accept their own fitted values."""
+    if wanted == "auto" and isinstance(saved, (int, float)) and not isinstance(saved, bool):
+        return True
+    return saved == wanted
+
+
 def flatten(cfg: ReconConfig) -> dict:
     """``{"pass1.iterations": 5000, ...}``: the dotted keys :func:`apply_overrides` takes."""
     out = {}

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recon_kit.config import ReconConfig, flatten
+from recon_kit.config import ReconConfig, flatten, setting_matches
 from recon_kit.io.fsio import atomic_write_text
 
 __all__ = ["HISTORY_KEY", "SettingsChanged", "changed_keys", "write_run_config"]
@@ -27,7 +27,7 @@ class SettingsChanged(ValueError):
 def changed_keys(old: ReconConfig, new: ReconConfig) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old value, new value)}`` for every setting that differs."""
     a, b = flatten(old), flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not setting_matches(a.get(k), b.get(k))}
 
 
 def write_run_config(run_dir: str | Path, cfg: ReconConfig, resume: bool = False, allow_changes: bool = False

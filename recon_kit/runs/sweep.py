@@ -195,7 +195,7 @@ class Sweep:
 
     def _check_finished(self, planned: list[_Planned]) -> None:
         """Finished runs are skipped only when they were trained with the configuration asked for now."""
-        from recon_kit.config import ConfigError, flatten, resolve
+        from recon_kit.config import ConfigError, flatten, resolve, setting_matches
 
         stale = []
         for p in planned:
@@ -214,7 +214,9 @@ class Sweep:
                 except ValueError:
                     have = _scalars(saved)
                 wanted = flatten(resolve(self.preset, self.overrides(p.params)))
-                diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in wanted.items() if have.get(k) != v]
+                diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in wanted.items() if not setting_matches(have.get(k), v)]
+                if not diff:
+                    continue
                 stale.append(f"{p.name} ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''})")
         if stale:
             raise SweepError(
