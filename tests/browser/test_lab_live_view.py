@@ -84,7 +84,7 @@ def test_nb03_start_error_shows_in_panel_and_live_view_orbits(lab, lab_workdir, 
         shutil.copyfile(shots_dir / "live_view.png", DOCS_SHOT)
     # the cameras toggle draws the training rig into the view
     plain = _rgb(view.screenshot())
-    page.locator(".jp-OutputArea .widget-checkbox", has_text="cameras").locator("input").check()
+    page.locator(".jp-OutputArea").get_by_role("checkbox", name="cameras", exact=True).check()  # not cameras.refine
     deadline = time.monotonic() + 60
     while True:
         shot = _rgb(view.screenshot())
