@@ -63,8 +63,8 @@ class Phase(abc.ABC):
         """The current surface."""
 
     @abc.abstractmethod
-    def material_fn(self, rast) -> Callable:
-        """G-buffer -> {kd, ks, normal} for :func:`recon_kit.render.render_mesh`."""
+    def material_fn(self) -> Callable:
+        """The renderer material (``material(gbuffer, rasterizer) -> {kd, ks, normal}``)."""
 
     @abc.abstractmethod
     def kd_smoothness(self, rast, out: dict, gmask: torch.Tensor) -> torch.Tensor:
@@ -114,9 +114,8 @@ class Pass1(Phase):
     def mesh(self) -> Mesh:
         return self.dmtet.extract()
 
-    def material_fn(self, rast) -> Callable:
-        field = self.field
-        return lambda gb: field(gb.pos, gb.mask[..., 0], pixels=gb.pixels())
+    def material_fn(self) -> Callable:
+        return self.field.material
 
     def kd_smoothness(self, rast, out: dict, gmask: torch.Tensor) -> torch.Tensor:
         gb = out["gbuffer"]
@@ -159,9 +158,8 @@ class Pass2(Phase):
     def mesh(self) -> Mesh:
         return self.fixed.mesh()
 
-    def material_fn(self, rast) -> Callable:
-        tex = self.textures
-        return lambda gb: tex(rast, gb.uv, gb.uv_da)
+    def material_fn(self) -> Callable:
+        return self.textures.material
 
     def kd_smoothness(self, rast, out: dict, gmask: torch.Tensor) -> torch.Tensor:
         gb = out["gbuffer"]

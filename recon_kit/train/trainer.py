@@ -38,7 +38,7 @@ from recon_kit.config import ReconConfig
 from recon_kit.data.dataset import ViewSet
 from recon_kit.color import linear_to_srgb
 from recon_kit.render.envlight import EnvLight
-from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.render import MeshRenderer, get_rasterizer, make_background
 from recon_kit.io.fsio import atomic_write_text, torch_save_atomic
 from recon_kit.train import guard as rk_guard
 from recon_kit.train.callbacks import Callback, default_callbacks
@@ -102,6 +102,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rast = rasterizer or get_rasterizer(cfg.backend, self.device)
         self._compile = {"auto": None, "on": True, "off": False}[cfg.compile]   # None: on CUDA only
+        self.renderer = MeshRenderer(self.rast, compile=self._compile)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         # Random backgrounds are drawn where they are used: megapixels of host noise copied every step cost more
         # than the rest of the step's host work.
@@ -220,7 +221,7 @@ class Trainer:
         return self.phase.mesh()
 
     def _material_fn(self):
-        return self.phase.material_fn(self.rast)
+        return self.phase.material_fn()
 
     def _next_batch(self, batch: int) -> torch.Tensor:
         idx = []
@@ -286,7 +287,7 @@ class Trainer:
             self._backward_step(loss)
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
 
-        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile)
+        out = self.renderer.render(mesh, cams, (H, W), self._material_fn(), self.light, bg)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
@@ -386,21 +387,10 @@ class Trainer:
     def render_views(self, views: ViewSet, background: str | None = None, bsdf: str = "pbr") -> dict:
         """Render the current model for ``views`` (any resolution) over a plain background. Eager shading: these
         occasional renders are not worth compiling another (gradient-free) graph for."""
-        views = views.to(self.device)
-        H, W = views.rgb_linear.shape[1:3]
-        out_rgb, out_alpha, out_depth = [], [], []
-        mesh = self.current_mesh()
-        for i in range(len(views)):
-            cams = stack_matrices([views.cameras[i]], device=self.device)
-            bg = make_background(background or self.cfg.data.val_background, (1, H, W), self.device)
-            if mesh.num_faces == 0:
-                out_rgb.append(bg), out_alpha.append(torch.zeros(1, H, W, 1, device=self.device))
-                out_depth.append(torch.zeros(1, H, W, 1, device=self.device))
-                continue
-            out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, bsdf=bsdf,
-                              compile=False)
-            out_rgb.append(out["rgb_linear"]), out_alpha.append(out["alpha"]), out_depth.append(out["depth"])
-        return {"rgb_linear": torch.cat(out_rgb), "alpha": torch.cat(out_alpha), "depth": torch.cat(out_depth)}
+        out = MeshRenderer(self.rast, compile=False).render_views(
+            self.current_mesh(), views.cameras, self._material_fn(), self.light,
+            background or self.cfg.data.val_background, bsdf=bsdf, batch=1)   # one view at a time: any resolution
+        return {k: out[k] for k in ("rgb_linear", "alpha", "depth")}
 
     @torch.no_grad()
     def preview(self, view: int = 0, size: int | None = None) -> np.ndarray:
