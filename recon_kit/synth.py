@@ -18,7 +18,7 @@ A capture folder written by :func:`render_capture`::
                                .npy file, a key :func:`recon_kit.data.dataset.load_viewset` ignores)
     gt_mesh.obj                the rendered mesh in the cameras' world frame (+ gt_mesh.mtl, gt_texture.png)
 
-Shading is the kit's own split-sum PBR (:func:`recon_kit.render.render_mesh`) under a fixed procedural HDR
+Shading is the kit's own split-sum PBR (:class:`recon_kit.render.MeshRenderer`) under a fixed procedural HDR
 environment (:func:`demo_environment`), with kd from the texture, ks = (0, 0.5, 0) and flat normals.
 """
 
@@ -42,7 +42,7 @@ from recon_kit.io.transforms import transforms_dict
 from recon_kit.render.envlight import EnvLight
 from recon_kit.render.cubemap import latlong_dirs
 from recon_kit.mesh import Mesh, load_mesh, normalize_to_unit
-from recon_kit.render import get_rasterizer, rasterize_mesh, render_mesh
+from recon_kit.render import MeshRenderer, get_rasterizer, rasterize_mesh
 from recon_kit.render.raster import Rasterizer
 from recon_kit.io.images import DataError, encode_depth_uint8
 from recon_kit.io.meshfile import write_obj
@@ -198,14 +198,13 @@ def demo_light(res: int = 32, device: str | torch.device = "cpu") -> EnvLight:
     return EnvLight.from_latlong(demo_environment(4 * res), res=res, min_res=8, device=device)
 
 
-def texture_material(rasterizer: Rasterizer, kd_srgb: np.ndarray, roughness: float = 0.5,
-                     device: str | torch.device = "cpu") -> Callable:
+def texture_material(kd_srgb: np.ndarray, roughness: float = 0.5, device: str | torch.device = "cpu") -> Callable:
     """A :data:`~recon_kit.render.renderer.MaterialFn`: mip-mapped kd lookups, ks = (0, roughness, 0), flat normal."""
     tex = srgb_to_linear(torch.tensor(np.asarray(kd_srgb)[..., :3], dtype=torch.float32, device=device) / 255.0)[None]
     ks_value = torch.tensor([0.0, roughness, 0.0], device=device)
     flat = torch.tensor([0.0, 0.0, 1.0], device=device)
 
-    def material(gb) -> dict:
+    def material(gb, rasterizer: Rasterizer) -> dict:
         if gb.uv is None:
             raise ValueError("texture_material needs a mesh with UVs")
         covered = gb.mask[..., 0] > 0  # look up covered pixels only: the object fills a fraction of the frame
@@ -221,18 +220,9 @@ def _render(rasterizer: Rasterizer, mesh: Mesh, material: Callable, light: EnvLi
             background: float, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shaded linear RGB ``[N,H,W,3]`` over a constant background, coverage ``[N,H,W]`` and camera depth
     ``[N,H,W]`` (0 = background) of ``cams`` (all the same size), rendered ``batch`` views at a time."""
-    H, W = cams[0].height, cams[0].width
-    rgb, alpha, depth = [], [], []
-    with torch.no_grad():
-        for s in range(0, len(cams), batch):
-            chunk = cams[s:s + batch]
-            views = stack_matrices(chunk, device=mesh.device)
-            bg = torch.full((len(chunk), H, W, 3), background, device=mesh.device)
-            out = render_mesh(rasterizer, mesh, views, (H, W), material, light, bg, bsdf="pbr", antialias=True)
-            rgb.append(out["rgb_linear"].clamp(0.0, 1.0).cpu().numpy())
-            alpha.append(out["alpha"][..., 0].clamp(0.0, 1.0).cpu().numpy())
-            depth.append((out["depth"] * out["mask"])[..., 0].cpu().numpy())
-    return np.concatenate(rgb), np.concatenate(alpha), np.concatenate(depth)
+    out = MeshRenderer(rasterizer).render_views(mesh, cams, material, light, background, bsdf="pbr", batch=batch)
+    return (out["rgb_linear"].clamp(0.0, 1.0).cpu().numpy(), out["alpha"][..., 0].clamp(0.0, 1.0).cpu().numpy(),
+            (out["depth"] * out["mask"])[..., 0].cpu().numpy())
 
 
 def _depth_only(rasterizer: Rasterizer, mesh: Mesh, cams: list[Camera], batch: int) -> np.ndarray:
@@ -301,7 +291,7 @@ def render_capture(mesh: Mesh, kd_srgb: np.ndarray, folder: str | Path, resoluti
         light = demo_light(device=device)
     elif not isinstance(light, EnvLight):
         light = EnvLight.from_latlong(np.asarray(light, np.float32), res=32, min_res=8, device=device)
-    material = texture_material(rasterizer, kd_srgb, device=device)
+    material = texture_material(kd_srgb, device=device)
 
     cams = axis_rig(resolution, resolution, camera_angle_x, distance, tuple(views))
     rgb, _, depth = _render(rasterizer, mesh, material, light, cams, 1.0, batch)

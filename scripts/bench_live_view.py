@@ -30,7 +30,7 @@ def frame_rates(device: str, repeats: int = 5) -> list[dict]:
     mesh, kd = synth.demo_object()
     mesh = mesh.to(device)
     rast = get_rasterizer("auto", device)
-    material = synth.texture_material(rast, kd, device=device)
+    material = synth.texture_material(kd, device=device)
     light = synth.demo_light(device=device)
     view = LiveView(scene=lambda: (mesh, material, light, rast))
     rows = []

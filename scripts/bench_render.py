@@ -40,7 +40,7 @@ def bench(backend: str, device: str, res: int, faces: int, batch: int, iters: in
     views = C.stack_matrices(C.axis_rig(res, res)[:batch], device=dev)
     bg = torch.ones(batch, res, res, 3, device=dev)
 
-    def material(gb):
+    def material(gb, rast):
         return {"kd": rast.texture(kd, gb.uv, gb.uv_da), "ks": rast.texture(ks, gb.uv, gb.uv_da),
                 "normal": torch.tensor([0.0, 0.0, 1.0], device=dev).expand_as(gb.pos)}
 

@@ -43,7 +43,7 @@ def one(res: int, batch: int, chunk: int, device: str, compile: bool) -> dict:
     light = EnvLight(256, device=dev)
     bg = torch.ones(batch, res, res, 3, device=dev)
 
-    def material(gb):
+    def material(gb, rasterizer):
         return field(gb.pos, gb.mask[..., 0], gb.pixels())
 
     def step() -> None:

@@ -49,7 +49,7 @@ def test_shaded_antialiased_images_agree(scene):
         light.base.copy_(torch.rand_like(light.base) * 2)
     imgs = []
     for r in backends():
-        def material(gb, r=r):
+        def material(gb, r):
             return {"kd": r.texture(tex, gb.uv, gb.uv_da, filter_mode="linear-mipmap-linear"),
                     "ks": torch.tensor([0.0, 0.4, 0.0], device="cuda").expand_as(gb.pos),
                     "normal": torch.tensor([0.0, 0.0, 1.0], device="cuda").expand_as(gb.pos)}
@@ -70,7 +70,7 @@ def _render_with_grads(scene, kd, **render_kw):
         light.base.copy_(torch.rand_like(light.base) * 2)
     k = kd.clone().requires_grad_(True)
 
-    def material(gb):
+    def material(gb, r):
         return {"kd": r.interpolate(k, gb.rast, gb.tri)[0],
                 "ks": torch.tensor([0.0, 0.4, 0.2], device="cuda").expand_as(gb.pos),
                 "normal": torch.tensor([0.1, 0.0, 1.0], device="cuda").expand_as(gb.pos)}

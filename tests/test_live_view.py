@@ -19,7 +19,7 @@ from recon_kit.cameras import Camera, look_at  # noqa: E402
 def scene():
     mesh, kd = synth.demo_object(detail=0.5, texture_size=64)
     rast = get_rasterizer("torch", "cpu")
-    return mesh, synth.texture_material(rast, kd), synth.demo_light(32), rast
+    return mesh, synth.texture_material(kd), synth.demo_light(32), rast
 
 
 def test_orbit_camera_opens_y_up_three_quarter_front_and_framed(scene):

@@ -24,7 +24,7 @@ def _render(shade_chunk: int):
     kd = torch.rand(mesh.num_vertices, 3).requires_grad_(True)
     nrm = torch.tensor([0.1, 0.0, 1.0]).requires_grad_(True)
 
-    def material(gb):
+    def material(gb, rasterizer):
         return {"kd": r.interpolate(kd, gb.rast, gb.tri)[0], "ks": torch.tensor([0.0, 0.4, 0.2]).expand_as(gb.pos),
                 "normal": nrm.expand_as(gb.pos)}
     out = render_mesh(r, mesh, cams, (48, 48), material, light, torch.ones(2, 48, 48, 3), compile=False,

@@ -104,19 +104,11 @@ def write_obj_folder(folder: str | Path, mesh: Mesh, kd_linear: ArrayLike, ks: A
     probe = None if probe_latlong is None else _image(probe_latlong, "probe_latlong")
     folder.mkdir(parents=True, exist_ok=True)
 
-    v = _np(mesh.v_pos).astype(np.float64)
-    vn = _np(vertex_normals(mesh.v_pos.detach().float(), mesh.t_pos_idx)).astype(np.float64)
-    vt = _np(mesh.v_tex).astype(np.float64)
-    vt = np.stack([vt[:, 0], 1.0 - vt[:, 1]], -1)
-    fp, ft = _np(mesh.t_pos_idx).astype(np.int64) + 1, _np(mesh.t_tex_idx).astype(np.int64) + 1
-    faces = np.stack([fp, ft, fp], -1).reshape(-1, 9)
     with open(folder / OBJ_NAME, "w", encoding="ascii", newline="\n") as fh:
         fh.write(f"# recon-kit {__version__}\nmtllib {MTL_NAME}\ng default\n")
-        np.savetxt(fh, v, fmt="v %.6f %.6f %.6f")
-        np.savetxt(fh, vt, fmt="vt %.6f %.6f")
-        np.savetxt(fh, vn, fmt="vn %.6f %.6f %.6f")
+        _write_obj_vertices(fh, mesh, normals=True)
         fh.write("s 1\ng pMesh1\nusemtl defaultMat\n")
-        np.savetxt(fh, faces, fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+        _write_obj_faces(fh, mesh, normals=True)
     (folder / MTL_NAME).write_text(
         "# recon-kit material (nvdiffrec semantics), 8-bit PNG textures:\n"
         f"#   {KD_NAME}: base colour, sRGB\n"
@@ -133,6 +125,31 @@ def write_obj_folder(folder: str | Path, mesh: Mesh, kd_linear: ArrayLike, ks: A
     else:
         (folder / PROBE_NAME).unlink(missing_ok=True)
     return folder
+
+
+def _write_obj_vertices(fh, mesh: Mesh, normals: bool) -> None:
+    """OBJ ``v``, ``vt`` (when the mesh has UVs; v flipped to OBJ's bottom-up convention) and, with ``normals``,
+    smooth per-position ``vn`` records."""
+    np.savetxt(fh, _np(mesh.v_pos).astype(np.float64), fmt="v %.6f %.6f %.6f")
+    if mesh.has_uv:
+        vt = _np(mesh.v_tex).astype(np.float64)
+        np.savetxt(fh, np.stack([vt[:, 0], 1.0 - vt[:, 1]], -1), fmt="vt %.6f %.6f")
+    if normals:
+        vn = _np(vertex_normals(mesh.v_pos.detach().float(), mesh.t_pos_idx)).astype(np.float64)
+        np.savetxt(fh, vn, fmt="vn %.6f %.6f %.6f")
+
+
+def _write_obj_faces(fh, mesh: Mesh, normals: bool) -> None:
+    """OBJ ``f`` records (1-based): ``p/t/n`` with UVs and normals, ``p/t`` with UVs only, else ``p``."""
+    fp = _np(mesh.t_pos_idx).astype(np.int64) + 1
+    if not mesh.has_uv:
+        np.savetxt(fh, fp, fmt="f %d %d %d")
+        return
+    ft = _np(mesh.t_tex_idx).astype(np.int64) + 1
+    if normals:
+        np.savetxt(fh, np.stack([fp, ft, fp], -1).reshape(-1, 9), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+    else:
+        np.savetxt(fh, np.stack([fp, ft], -1).reshape(-1, 6), fmt="f %d/%d %d/%d %d/%d")
 
 
 def _mtl_maps(mtl_path: Path) -> dict[str, str]:
@@ -312,22 +329,13 @@ def write_obj(path: str | Path, mesh: Mesh, kd_srgb: np.ndarray | None = None) -
     """Write ``mesh`` as OBJ (UV v flipped to the OBJ convention) with ``<stem>.mtl`` and ``gt_texture.png``
     beside it when a kd texture is given."""
     path = Path(path)
-    v = mesh.v_pos.detach().cpu().numpy()
-    f = mesh.t_pos_idx.cpu().numpy() + 1
-    lines = []
-    if kd_srgb is not None and mesh.has_uv:
-        tex_name = "gt_texture.png"
-        Image.fromarray(np.asarray(kd_srgb, np.uint8)[..., :3]).save(path.parent / tex_name)
-        mtl = path.with_suffix(".mtl")
-        mtl.write_text(f"newmtl material0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nmap_Kd {tex_name}\n")
-        lines += [f"mtllib {mtl.name}", "usemtl material0"]
-    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in v]
-    if mesh.has_uv:
-        vt = mesh.v_tex.detach().cpu().numpy()
-        ft = mesh.t_tex_idx.cpu().numpy() + 1
-        lines += [f"vt {a:.6f} {1.0 - b:.6f}" for a, b in vt]
-        lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(f, ft)]
-    else:
-        lines += [f"f {a} {b} {c}" for a, b, c in f]
-    path.write_text("\n".join(lines) + "\n")
+    with open(path, "w", encoding="ascii", newline="\n") as fh:
+        if kd_srgb is not None and mesh.has_uv:
+            tex_name = "gt_texture.png"
+            Image.fromarray(np.asarray(kd_srgb, np.uint8)[..., :3]).save(path.parent / tex_name)
+            mtl = path.with_suffix(".mtl")
+            mtl.write_text(f"newmtl material0\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nmap_Kd {tex_name}\n")
+            fh.write(f"mtllib {mtl.name}\nusemtl material0\n")
+        _write_obj_vertices(fh, mesh, normals=False)
+        _write_obj_faces(fh, mesh, normals=False)
     return path

@@ -99,57 +99,64 @@ def read_transforms(path: str | Path, missing: Missing = "warn", search_dirs: Se
             _missing(missing, f"{path}: frame {i} image {frame['file_path']!r} not found under {base}; {fix} "
                               "(or pass --allow-missing to skip it)")
             continue
-        try:
-            c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
-            if c2w.shape == (3, 4):
-                c2w = np.vstack([c2w, [0, 0, 0, 1]])
-            if c2w.shape != (4, 4):
-                raise ValueError(f"shape {c2w.shape}")
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{path}: frame {i} transform_matrix is not a 4x4 matrix ({exc}); fix that frame") from exc
-        try:  # finite, orthonormal rotation, camera away from the origin
-            check_pose(c2w, f"{path}: frame {i} ({frame['file_path']})")
-        except InvalidFrame as exc:
-            raise DataError(str(exc)) from None
-        intr = {**global_intr, **{k: frame[k] for k in _INTRINSIC_KEYS if k in frame}}
-        W_img, H_img = image_size(image)
-        w, h = int(intr.get("w", W_img)), int(intr.get("h", H_img))
-        if "fl_x" in intr or "fl_y" in intr:
-            fx = float(intr.get("fl_x", intr.get("fl_y")))
-            fy = float(intr.get("fl_y", fx))
-        elif "camera_angle_x" in intr:
-            try:
-                angles = [check_fov(f"{path}: frame {i}", k, intr[k]) for k in ("camera_angle_x", "camera_angle_y")
-                          if k in intr]
-            except InvalidFrame as exc:
-                raise DataError(str(exc)) from None
-            fx = focal_from_fov(angles[0], w)
-            fy = focal_from_fov(angles[1], h) if len(angles) > 1 else fx
-        else:
-            raise DataError(f"{path} lacks intrinsics for frame {i}; add 'camera_angle_x' (horizontal field of view "
-                            "in radians) or 'fl_x', 'fl_y', 'cx', 'cy', 'w', 'h' (pixels), globally or per frame")
-        cx, cy = float(intr.get("cx", w / 2.0)), float(intr.get("cy", h / 2.0))
-        try:
-            check_intrinsics(f"{path}: frame {i} ({frame['file_path']})", fx, fy, cx, cy, w, h)
-        except InvalidFrame as exc:
-            raise DataError(str(exc)) from None
+        cam = _frame_camera(path, i, frame, global_intr, image_size(image))
         depth_path = None
         if frame.get("depth_file_path"):
             depth_path = _resolve_file(base, frame["depth_file_path"])
             if depth_path is None:
                 _missing(missing, f"{path}: frame {i} depth {frame['depth_file_path']!r} not found under {base}; "
                                   "add it or remove the key")
-        try:
-            cam = Camera(c2w, fx, fy, cx, cy, w, h, name=Path(frame["file_path"]).stem)
-        except ValueError as exc:
-            raise DataError(f"{path}: frame {i}: {exc}; fix that frame") from exc
-        if (w, h) != (W_img, H_img):
-            cam = cam.resized(W_img, H_img)
         cam.meta.update(file_path=image, depth_file_path=depth_path)
         cameras.append(cam)
     if not cameras:
         raise DataError(f"{path}: no frame has an existing image; check the file_path entries against {base}")
     return cameras
+
+
+def _frame_camera(path: Path, i: int, frame: dict, global_intr: dict, size: tuple[int, int]) -> Camera:
+    """The validated camera of frame ``i`` of ``path`` for an image of ``size`` = (width, height): pose and
+    intrinsics checked, intrinsics given for another ``w x h`` rescaled, named after the frame's file stem."""
+    try:
+        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        if c2w.shape == (3, 4):
+            c2w = np.vstack([c2w, [0, 0, 0, 1]])
+        if c2w.shape != (4, 4):
+            raise ValueError(f"shape {c2w.shape}")
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: frame {i} transform_matrix is not a 4x4 matrix ({exc}); fix that frame") from exc
+    try:  # finite, orthonormal rotation, camera away from the origin
+        check_pose(c2w, f"{path}: frame {i} ({frame['file_path']})")
+    except InvalidFrame as exc:
+        raise DataError(str(exc)) from None
+    intr = {**global_intr, **{k: frame[k] for k in _INTRINSIC_KEYS if k in frame}}
+    W_img, H_img = size
+    w, h = int(intr.get("w", W_img)), int(intr.get("h", H_img))
+    if "fl_x" in intr or "fl_y" in intr:
+        fx = float(intr.get("fl_x", intr.get("fl_y")))
+        fy = float(intr.get("fl_y", fx))
+    elif "camera_angle_x" in intr:
+        try:
+            angles = [check_fov(f"{path}: frame {i}", k, intr[k]) for k in ("camera_angle_x", "camera_angle_y")
+                      if k in intr]
+        except InvalidFrame as exc:
+            raise DataError(str(exc)) from None
+        fx = focal_from_fov(angles[0], w)
+        fy = focal_from_fov(angles[1], h) if len(angles) > 1 else fx
+    else:
+        raise DataError(f"{path} lacks intrinsics for frame {i}; add 'camera_angle_x' (horizontal field of view "
+                        "in radians) or 'fl_x', 'fl_y', 'cx', 'cy', 'w', 'h' (pixels), globally or per frame")
+    cx, cy = float(intr.get("cx", w / 2.0)), float(intr.get("cy", h / 2.0))
+    try:
+        check_intrinsics(f"{path}: frame {i} ({frame['file_path']})", fx, fy, cx, cy, w, h)
+    except InvalidFrame as exc:
+        raise DataError(str(exc)) from None
+    try:
+        cam = Camera(c2w, fx, fy, cx, cy, w, h, name=Path(frame["file_path"]).stem)
+    except ValueError as exc:
+        raise DataError(f"{path}: frame {i}: {exc}; fix that frame") from exc
+    if (w, h) != (W_img, H_img):
+        cam = cam.resized(W_img, H_img)
+    return cam
 
 
 def transforms_dict(cameras: Sequence[Camera], file_paths: Sequence[str], depth_paths: Sequence[str | None] = (),
@@ -216,27 +223,17 @@ def _missing(option: Missing, message: str) -> None:
 def load_cameras(path: str | Path, names: Sequence[str], width: int, height: int) -> list[Camera]:
     """Cameras for ``names`` from a transforms file (frames matched by file stem), sized ``width x height``.
 
-    For checking a hand-edited transforms file against an already prepared dataset's images.
+    For checking a hand-edited transforms file against an already prepared dataset's images: the same frame
+    parsing and checks as :func:`read_transforms`, with the images' size given instead of read from the files.
     """
-    meta = json.loads(Path(path).read_text())
-    frames = {_frame_name(f): f for f in meta.get("frames", [])}
+    path = Path(path)
+    meta = _load_json(path)
+    frames = {_frame_name(f): (i, f) for i, f in enumerate(meta["frames"]) if isinstance(f, dict)}
     missing = [n for n in names if n not in frames]
     if missing:
         raise KeyError(f"{path} has no frames for views {missing}")
-    cams = []
-    for n in names:
-        f = {**{k: v for k, v in meta.items() if k != "frames"}, **frames[n]}
-        c2w = np.asarray(f["transform_matrix"], dtype=np.float64)
-        if c2w.shape == (3, 4):
-            c2w = np.vstack([c2w, [0, 0, 0, 1]])
-        if "fl_x" in f:
-            w0, h0 = int(f.get("w", width)), int(f.get("h", height))
-            cam = Camera(c2w, float(f["fl_x"]), float(f.get("fl_y", f["fl_x"])), float(f.get("cx", w0 / 2)),
-                         float(f.get("cy", h0 / 2)), w0, h0, name=n)
-        else:
-            cam = Camera.from_fov(c2w, float(f["camera_angle_x"]), width, height, name=n)
-        cams.append(cam if (cam.width, cam.height) == (width, height) else cam.resized(width, height))
-    return cams
+    global_intr = {k: meta[k] for k in _INTRINSIC_KEYS if k in meta}
+    return [_frame_camera(path, *frames[n], global_intr, (width, height)) for n in names]
 
 
 def _frame_name(frame: dict) -> str:

@@ -93,6 +93,10 @@ class MaterialField(nn.Module):
         lo, hi = self.aabb[0], self.aabb[1]
         return ((pos - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
 
+    def material(self, gb, rasterizer) -> dict[str, torch.Tensor]:
+        """The field as a renderer material (``material(gbuffer, rasterizer)``): looked up at the covered pixels."""
+        return self(gb.pos, gb.mask[..., 0], pixels=gb.pixels())
+
     def forward(self, pos: torch.Tensor, mask: torch.Tensor | None = None, pixels: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
         """Material at ``pos`` [...,3]. With ``mask`` [...] only points where mask > 0 are evaluated (zeros
@@ -223,6 +227,10 @@ class TexturedMaterial(nn.Module):
         self.normal.clamp_()
         self.normal.data.copy_(_unit_normal(self.normal.data))
         return self
+
+    def material(self, gb, rasterizer) -> dict[str, torch.Tensor]:
+        """The textures as a renderer material (``material(gbuffer, rasterizer)``): mip-mapped UV lookups."""
+        return self(rasterizer, gb.uv, gb.uv_da)
 
     def forward(self, rasterizer, uv: torch.Tensor, uv_da: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return {"kd": self.kd.sample(rasterizer, uv, uv_da), "ks": self.ks.sample(rasterizer, uv, uv_da),

@@ -4,6 +4,10 @@ Backend-agnostic: everything goes through a :class:`~recon_kit.render.raster.Ras
 covered pixels only (an object often covers a tenth of the image); finding them is the one host-device
 synchronisation of a render call, shared with the material through :meth:`GBuffer.pixels`. No Python loop over
 pixels or triangles.
+
+:class:`MeshRenderer` composes a rasterizer with the shading in PyTorch3D's style: ``render`` one batch of
+cameras, ``render_views`` a list of cameras in batches (the one batched render loop of the kit). A material is
+any callable ``material(gbuffer, rasterizer) -> {kd, ks, normal}`` (:data:`MaterialFn`).
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from recon_kit.cameras import Camera, stack_matrices
 from recon_kit.render.shading import ShadingMaps, fg_lut, perturb_normal, split_sum
 from recon_kit.mesh import Mesh, face_normals, vertex_normals, vertex_tangents
 from recon_kit.render.raster import Rasterizer
@@ -28,8 +33,9 @@ from recon_kit.render.compile_cache import use_compile_cache
 log = logging.getLogger(__name__)
 
 
-#: A material maps a G-buffer to per-pixel ``kd`` [B,H,W,3], ``ks`` [B,H,W,3] and ``normal`` (tangent space).
-MaterialFn = Callable[["GBuffer"], dict]
+#: A material maps a G-buffer (and the rasterizer, for texture lookups) to per-pixel ``kd`` [B,H,W,3],
+#: ``ks`` [B,H,W,3] (occlusion, roughness, metallic) and ``normal`` (tangent space): ``material(gb, rasterizer)``.
+MaterialFn = Callable[["GBuffer", Rasterizer], dict]
 
 
 @dataclass
@@ -199,7 +205,7 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
     with record_function("rk.rasterize"):
         gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
     with record_function("rk.material"):
-        mat = material(gb)
+        mat = material(gb, rasterizer)
     with record_function("rk.shade"):
         H, W = gb.mask.shape[1:3]
         pos = gb.rows(gb.pos)
@@ -222,3 +228,62 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
             color = rasterizer.antialias(color, gb.rast, gb.pos_clip, gb.tri)
     return {"rgb_linear": color[..., :3], "alpha": color[..., 3:4], "depth": gb.depth, "mask": gb.mask,
             "kd": mat["kd"], "ks": mat["ks"], "normal": n_shade, "gbuffer": gb}
+
+
+def constant_material(kd: Sequence[float] = (0.6, 0.6, 0.6), ks: Sequence[float] = (0.0, 0.5, 0.0)) -> MaterialFn:
+    """A :data:`MaterialFn` of one ``kd`` (linear) and ``ks`` everywhere and a flat normal (untextured meshes)."""
+
+    def material(gb: GBuffer, rasterizer: Rasterizer) -> dict:
+        like = gb.pos
+        return {"kd": torch.zeros_like(like) + like.new_tensor(kd), "ks": torch.zeros_like(like) + like.new_tensor(ks),
+                "normal": torch.zeros_like(like) + like.new_tensor([0.0, 0.0, 1.0])}
+    return material
+
+
+class MeshRenderer:
+    """A rasterizer composed with the kit's deferred shading (PyTorch3D's ``MeshRenderer(rasterizer, shader)``).
+
+    ``compile``: run the shading through ``torch.compile`` (None: on CUDA only); ``shade_chunk``: shade the
+    covered pixels in checkpointed chunks of this many rows (0 = one call); see :func:`render_mesh`.
+    """
+
+    def __init__(self, rasterizer: Rasterizer, compile: bool | None = None, shade_chunk: int = 0) -> None:
+        self.rasterizer, self.compile, self.shade_chunk = rasterizer, compile, shade_chunk
+
+    def render(self, mesh: Mesh, cameras: dict | Sequence[Camera], resolution: tuple[int, int], material: MaterialFn,
+               light, background: torch.Tensor, bsdf: str = "pbr", antialias: bool = True) -> dict:
+        """One batch: :func:`render_mesh` for ``cameras`` (a list of :class:`~recon_kit.cameras.Camera` or the
+        matrices of :func:`~recon_kit.cameras.stack_matrices`) over ``background`` [B,H,W,3] (linear RGB)."""
+        if not isinstance(cameras, dict):
+            cameras = stack_matrices(list(cameras), device=mesh.v_pos.device)
+        return render_mesh(self.rasterizer, mesh, cameras, resolution, material, light, background, bsdf=bsdf,
+                           antialias=antialias, compile=self.compile, shade_chunk=self.shade_chunk)
+
+    @torch.no_grad()
+    def render_views(self, mesh: Mesh, cameras: Sequence[Camera], material: MaterialFn, light,
+                     background: str | float = "white", bsdf: str = "pbr", batch: int = 8) -> dict:
+        """Render ``cameras`` (all of one image size; e.g. a ViewSet's) ``batch`` at a time, without gradients.
+
+        ``background``: a :func:`make_background` kind or a constant linear value. Returns ``rgb_linear``
+        [N,H,W,3], ``alpha``, ``depth`` (camera depth, 0 where uncovered is not guaranteed: multiply by
+        ``mask``) and ``mask``, each [N,H,W,1], on the mesh's device. A mesh without faces renders as background.
+        """
+        sizes = {(c.height, c.width) for c in cameras}
+        if len(sizes) != 1:
+            raise ValueError(f"cameras must share one image size, got {sorted(sizes)}")
+        (H, W), device = sizes.pop(), mesh.v_pos.device
+        parts: dict[str, list[torch.Tensor]] = {"rgb_linear": [], "alpha": [], "depth": [], "mask": []}
+        for s in range(0, len(cameras), batch):
+            chunk = list(cameras[s:s + batch])
+            if isinstance(background, str):
+                bg = make_background(background, (len(chunk), H, W), device)
+            else:
+                bg = torch.full((len(chunk), H, W, 3), float(background), device=device)
+            if mesh.num_faces == 0:
+                empty = torch.zeros(len(chunk), H, W, 1, device=device)
+                out = {"rgb_linear": bg, "alpha": empty, "depth": empty, "mask": empty}
+            else:
+                out = self.render(mesh, chunk, (H, W), material, light, bg, bsdf=bsdf)
+            for k, v in parts.items():
+                v.append(out[k])
+        return {k: torch.cat(v) for k, v in parts.items()}

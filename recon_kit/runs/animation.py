@@ -7,15 +7,13 @@ Low in the module stack (numpy, PIL, imageio only) so that :func:`recon_kit.trai
 from __future__ import annotations
 
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from recon_kit.io.video import write_gif, write_mp4
-from recon_kit.runs.folder import snapshot_key
+from recon_kit.runs.folder import read_json, snapshot_key
 from recon_kit.runs.folder import snapshots
 
 
@@ -27,13 +25,6 @@ GIF_NAME = "training.gif"
 
 
 MP4_NAME = "training.mp4"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _font(size: int):
@@ -82,7 +73,7 @@ def training_animation(run_dir: str | os.PathLike[str], fps: float = 4.0, mp4: b
         keep = np.unique(np.linspace(0, len(shots) - 1, max_frames).round().astype(int))
         shots = [shots[i] for i in keep]
     totals = {}
-    cfg = _read_json(run_dir / "config.json")
+    cfg = read_json(run_dir / "config.json")
     if isinstance(cfg, dict):
         totals = {n: (cfg.get(f"pass{n}") or {}).get("iterations") for n in (1, 2)}
     frames, size = [], None

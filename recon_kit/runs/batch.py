@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from recon_kit.runs.folder import _read_json, _utc_now, _write_json
+from recon_kit.runs.folder import read_json, _utc_now, _write_json
 from recon_kit.runs.params import _Planned, _sanitise
 from recon_kit.runs.sweep import Sweep
 from recon_kit.runs.table import read_run
@@ -125,7 +125,7 @@ class Batch:
         counts: dict[str, int] = {}
         for e in entries.values():
             counts[e["status"]] = counts.get(e["status"], 0) + 1
-        man = _read_json(self.manifest_path) or {"created_utc": _utc_now()}
+        man = read_json(self.manifest_path) or {"created_utc": _utc_now()}
         man.update(updated_utc=_utc_now(), captures_dir=str(self.captures_dir.resolve()), preset=self.preset,
                    base=self.base, prepare=self.prepare, runs=[entries[n] for n in self.names],
                    counts=dict(sorted(counts.items())))
@@ -140,7 +140,7 @@ class Batch:
         from recon_kit.runs.ray_engine import RayOptions, TrialBook, _Trial, run_trials
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        old = {e.get("name"): e for e in (_read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
+        old = {e.get("name"): e for e in (read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
         entries: dict[str, dict] = {}
         todo: dict[str, _Trial] = {}
         for i, (name, cap) in enumerate(zip(self.names, self.captures)):
@@ -183,7 +183,7 @@ class Batch:
 
         from recon_kit.runs.table import load_runs
 
-        man = {e.get("name"): e for e in (_read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
+        man = {e.get("name"): e for e in (read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
         present = [self.out_dir / n for n in self.names if (self.out_dir / n).is_dir()]
         table = load_runs(present) if present else pd.DataFrame(columns=["status", "error"])
         rows = []

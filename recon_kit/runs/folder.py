@@ -492,8 +492,11 @@ def _write_json(path: Path, obj: Any) -> None:
     RunDir(path.parent).write_json(path.name, obj)  # atomic
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
+    """The JSON value stored at ``path``, or ``default`` when the file is missing or unreadable (the one JSON
+    reader of the runs layer: config.json, metrics.json, env.json, manifests)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return default
+

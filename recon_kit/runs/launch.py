@@ -149,7 +149,7 @@ def train_loop(ctx: DistContext, trainer, iterations: int | None = None, progres
     and broadcasts it, and reseeds ranks > 0 per step (:func:`rank_seed`)."""
 
     def before_step(tr) -> None:
-        if ctx.distributed and tr.pass_idx == 0 and tr.it >= tr.cfg.pass1.iterations:
+        if ctx.distributed and tr.switch_due:
             _switch_to_pass2(ctx, tr)  # single process: Trainer.step() switches by itself
         _reseed(ctx, tr)
 

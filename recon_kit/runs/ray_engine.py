@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from recon_kit.runs.folder import ERROR_FILE, STOPPED_FILE, _read_json, _utc_now, _write_json
+from recon_kit.runs.folder import ERROR_FILE, STOPPED_FILE, read_json, _utc_now, _write_json
 from recon_kit.runs.params import SweepError, _Planned, grid_params, run_name
 from recon_kit.runs.table import _ascending, _read_error, read_run
 
@@ -226,7 +226,7 @@ def _trainable(config: dict, trials: dict[str, _Trial], metric: str, optuna_swee
         entry: dict[str, Any] = {}
         if not sweep._run_one(trial.planned, entry, fresh=trial.fresh):
             raise TrialFailed(entry.get("error", "the run failed"))
-    metrics = _read_json(metrics_path) or {}
+    metrics = read_json(metrics_path) or {}
     final = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if metric == "total" and "final_loss" in final:
         final["total"] = final["final_loss"]
@@ -478,7 +478,7 @@ def live_table(sweep_dir: str | Path):
 
     from recon_kit.runs.folder import MANIFEST
 
-    man = _read_json(Path(sweep_dir) / MANIFEST) or {}
+    man = read_json(Path(sweep_dir) / MANIFEST) or {}
     cols = ["name", "status", "attempts", "wall_s", "error"]
     rows = [{c: e.get(c) for c in cols} for e in man.get("runs", []) if isinstance(e, dict)]
     return pd.DataFrame(rows, columns=cols).set_index("name")

@@ -13,7 +13,6 @@ Results are merged into the run's ``metrics.json`` (:func:`recon_kit.runs.folder
 from __future__ import annotations
 
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any
 from recon_kit.io.meshfile import load_obj_folder
 from recon_kit.mesh import Mesh
 from recon_kit.train.trainer import Trainer
-from recon_kit.runs.folder import _read_history
+from recon_kit.runs.folder import _read_history, read_json
 
 
 
@@ -271,13 +270,6 @@ def textured_material(textures: Mapping[str, np.ndarray], config: Mapping | None
                                         np.ascontiguousarray(nrm), device=device, **ranges)
 
 
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
 def _light_res(config: Mapping, light_res: int | None) -> int:
     if light_res is not None:
         res = int(light_res)
@@ -315,7 +307,8 @@ def load_run(run_dir: str | Path, light_res: int | None = None, device: str | to
         raise FileNotFoundError(f"{mesh_dir / 'mesh.obj'} does not exist: the run has not exported a mesh yet "
                                 "(train to the end in notebook 03, which calls train.finish)")
     mesh, textures = load_obj_folder(mesh_dir)
-    config = _read_json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json", {})
+    config = config if isinstance(config, dict) else {}
     from recon_kit.runs.folder import read_metrics_json
 
     metrics = read_metrics_json(run_dir / "metrics.json")

@@ -51,7 +51,7 @@ from recon_kit.runs.table import _scalars
 from recon_kit.runs.table import list_runs
 from recon_kit.runs.table import load_runs
 from recon_kit.runs.table import read_run
-from recon_kit.runs.folder import ERROR_FILE, MANIFEST, STOPPED_FILE, _read_json, _utc_now, _write_json
+from recon_kit.runs.folder import ERROR_FILE, MANIFEST, STOPPED_FILE, read_json, _utc_now, _write_json
 from recon_kit.runs.params import SweepError, _Planned, _sanitise, grid_params, run_name  # noqa: F401
 
 
@@ -175,7 +175,7 @@ class Sweep:
         try:
             return json.loads(json.dumps(ReconConfig.load(run_dir / "config.json").to_dict()))
         except (ValueError, OSError):
-            return _read_json(run_dir / "config.json")
+            return read_json(run_dir / "config.json")
 
     # ---- planning -------------------------------------------------------------------------------------
     def plan(self):
@@ -222,7 +222,7 @@ class Sweep:
             raise SweepError(
                 f"{self.out_dir} holds finished runs trained with another configuration: {', '.join(stale)}; "
                 "use another sweep folder, or run(rerun=True) (CLI: --rerun) to train them again")
-        man = _read_json(self.manifest_path)
+        man = read_json(self.manifest_path)
         if isinstance(man, dict) and man.get("dataset_dir") and Path(man["dataset_dir"]) != self.dataset_dir.resolve():
             if any(p.status == "finished" for p in planned):
                 raise SweepError(f"{self.out_dir} was swept on dataset {man['dataset_dir']}, not {self.dataset_dir}; "
@@ -230,7 +230,7 @@ class Sweep:
 
     # ---- manifest -------------------------------------------------------------------------------------
     def _load_manifest(self) -> dict:
-        man = _read_json(self.manifest_path)
+        man = read_json(self.manifest_path)
         if not isinstance(man, dict):
             man = {"created_utc": _utc_now(), "runs": []}
         return man

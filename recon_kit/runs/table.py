@@ -33,7 +33,7 @@ from recon_kit.runs.folder import EXPORTS
 from recon_kit.runs.folder import MANIFEST
 from recon_kit.runs.folder import _jsonable
 from recon_kit.runs.folder import write_metrics_json
-from recon_kit.runs.folder import _read_json
+from recon_kit.runs.folder import read_json
 
 
 
@@ -234,16 +234,16 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"run folder {p} does not exist")
-    cfg_raw = _read_json(p / "config.json")
+    cfg_raw = read_json(p / "config.json")
     config = None
     if isinstance(cfg_raw, dict):
         try:
             config = flatten(ReconConfig.from_dict(cfg_raw, source=str(p / "config.json")))
         except ValueError:  # an older or hand-edited config: flatten what is there
             config = _scalars(cfg_raw)
-    metrics = _read_json(p / "metrics.json")
+    metrics = read_json(p / "metrics.json")
     metrics = metrics if isinstance(metrics, dict) else None
-    env = _read_json(p / "env.json")
+    env = read_json(p / "env.json")
     env = env if isinstance(env, dict) else None
     if metrics is not None:
         status, error = "finished", None
@@ -274,7 +274,7 @@ def _manifest_for(paths: Sequence[Path]) -> dict[Path, dict]:
     """The sweep.json entries of these runs, from the manifests of their parent folders."""
     entries: dict[Path, dict] = {}
     for parent in {p.parent for p in paths}:
-        man = _read_json(parent / MANIFEST)
+        man = read_json(parent / MANIFEST)
         if isinstance(man, dict):
             for e in man.get("runs", []):
                 if isinstance(e, dict) and "name" in e:

@@ -104,9 +104,7 @@ class DivergenceGuard:
 # ---- the trainer's side: check a step, keep a good state, roll back, refuse a NaN export, resume ------------
 def trained_parameters(trainer: Any) -> list[tuple[str, torch.Tensor]]:
     """The current pass's trained tensors with dotted names (``dmtet.sdf``, ``textures.kd.data``, ...)."""
-    mods = {"dmtet": trainer.dmtet, "field": trainer.field} if trainer.pass_idx == 0 else \
-        {"fixed": trainer.fixed, "textures": trainer.textures}
-    mods["light"] = trainer.light
+    mods = {**trainer.phase.modules(), "light": trainer.light}
     return [(f"{m}.{n}", p) for m, mod in mods.items() for n, p in mod.named_parameters()]
 
 

@@ -178,9 +178,7 @@ def _raise_if_any_failed(ctx: DistContext, error: BaseException | None) -> None:
 
 # ---- replica state ---------------------------------------------------------------------------------------------
 def _modules(trainer) -> list[torch.nn.Module]:
-    if trainer.pass_idx == 0:
-        return [trainer.dmtet, trainer.field, trainer.light]
-    return [trainer.fixed, trainer.textures, trainer.light]
+    return [*trainer.phase.modules().values(), trainer.light]
 
 
 def _tensors(trainer) -> list[torch.Tensor]:

@@ -3,9 +3,11 @@
 Pass 1 optimises a DMTet surface with a hash-grid material field and a learned environment light. At the
 switch the surface is extracted, cleaned, UV-unwrapped with xatlas and the field is baked into kd / ks /
 normal textures (with gutters). Pass 2 optimises the vertex positions of that fixed-topology mesh, the
-textures and the light. ``Trainer.step()`` runs one iteration of whichever pass is current, so a widget, a
-script or a test can run, pause and inspect it; ``run()`` loops with a progress bar; checkpoints make a
-killed run resume to the same result.
+textures and the light. The passes are :mod:`recon_kit.train.phases` behind one interface, so the trainer has
+no per-pass branches; what follows a step (history, snapshots, checkpoints) is a list of
+:mod:`recon_kit.train.callbacks`. ``Trainer.step()`` runs one iteration of whichever pass is current, so a
+widget, a script or a test can run, pause and inspect it; ``run()`` loops with a progress bar; checkpoints make
+a killed run resume to the same result.
 """
 
 from __future__ import annotations
@@ -25,12 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from recon_kit import bake
 from recon_kit import evaluate as rk_evaluate
 from recon_kit.io import meshfile
-from recon_kit import mesh as rk_mesh
 from recon_kit.model import dmtet as rk_dmtet
-from recon_kit.model import fixed_mesh
 from recon_kit.model.fusion import initial_occupancy
 from recon_kit.model import materials
 from recon_kit.model.camera_refine import CameraRefiner
@@ -39,13 +38,13 @@ from recon_kit.config import ReconConfig
 from recon_kit.data.dataset import ViewSet
 from recon_kit.color import linear_to_srgb
 from recon_kit.render.envlight import EnvLight
-from recon_kit.render import get_rasterizer, make_background, render_mesh
-from recon_kit.render.renderer import frame_from_normal
+from recon_kit.render import MeshRenderer, get_rasterizer, make_background
 from recon_kit.io.fsio import atomic_write_text, torch_save_atomic
 from recon_kit.train import guard as rk_guard
+from recon_kit.train.callbacks import Callback, default_callbacks
 from recon_kit.train.parallel import _average_gradients
-from recon_kit.train.parallel import _mean_over_ranks
 from recon_kit.train.parallel import _world
+from recon_kit.train.phases import PASS_NAMES, Pass1, Phase, bake_to_pass2, phase_from_state
 from recon_kit.losses import color_loss
 from recon_kit.losses import depth_loss
 from recon_kit.losses import edge_weights
@@ -53,9 +52,6 @@ from recon_kit.losses import edge_weights
 
 
 log = logging.getLogger(__name__)
-
-
-PASS_NAMES = ("pass1", "pass2")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -106,12 +102,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rast = rasterizer or get_rasterizer(cfg.backend, self.device)
         self._compile = {"auto": None, "on": True, "off": False}[cfg.compile]   # None: on CUDA only
+        self.renderer = MeshRenderer(self.rast, compile=self._compile, shade_chunk=cfg.shade_chunk)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         # Random backgrounds are drawn where they are used: megapixels of host noise copied every step cost more
         # than the rest of the step's host work.
         self.bg_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         torch.manual_seed(cfg.seed)
-        self.pass_idx = 0
         self.it = 0
         self.history: list[dict] = []
         self.timings: dict[str, float] = {"pass1": 0.0, "bake": 0.0, "pass2": 0.0}
@@ -126,6 +122,7 @@ class Trainer:
         for p in (cfg.pass1, cfg.pass2):
             if p.batch % self.world_size:
                 raise ValueError(f"batch {p.batch} must be a multiple of the number of processes ({self.world_size})")
+        self.callbacks: list[Callback] = default_callbacks()
         self._build_pass1()
         log.info("trainer: device=%s backend=%s encoder=%s views=%d res=%d", self.device, self.rast.name,
                  type(self.field.encoder).__name__, len(self.views), res)
@@ -140,66 +137,90 @@ class Trainer:
             log.info("%s", fit)
             g.mesh_scale = fit.mesh_scale
         grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
-        self.dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
+        dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
                                     generator=None).to(self.device)
         if g.init == "random":
-            self.dmtet.init_sdf("random", generator=self.generator)
+            dmtet.init_sdf("random", generator=self.generator)
         occupancy = initial_occupancy(g, self.views, self.device)
         if occupancy is not None:
-            self.dmtet.init_sdf_from_occupancy(occupancy, truncation=3.0)
-        lo, hi = self.dmtet.aabb()
-        self.field = materials.MaterialField(
+            dmtet.init_sdf_from_occupancy(occupancy, truncation=3.0)
+        lo, hi = dmtet.aabb()
+        field = materials.MaterialField(
             torch.stack([lo, hi]), encoder=m.encoder, hidden=m.mlp_width, kd_min=m.kd_min, kd_max=m.kd_max,
             ks_min=m.ks_min, ks_max=m.ks_max, device=self.device, n_levels=m.hash_levels,
             n_features=m.hash_features, log2_table=m.hash_log2_size, base_res=m.hash_base_res,
             max_res=m.hash_max_res, compile=self._compile)
         self.light = EnvLight(cfg.light.env_res).to(self.device)
-        self.fixed = self.textures = None
+        self.pass1: Pass1 = Pass1(dmtet, field)
+        self.phase: Phase = self.pass1
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
-        if self.pass_idx == 0:
-            geo = list(self.dmtet.parameters())
-            mat = list(self.field.parameters())
-        else:
-            geo = list(self.fixed.parameters())
-            mat = list(self.textures.parameters())
-        learn_light = self.cfg.light.learn_light and not (self.pass_idx == 1 and self.cfg.light.lock_light_pass2)
-        if learn_light:
+        geo, mat = self.phase.parameter_groups()
+        if self.phase.learns_light(self.cfg):
             mat += list(self.light.parameters())
         self.opt_geo = torch.optim.Adam(geo, lr=self._pass_cfg.lr_pos)
         self.opt_mat = torch.optim.Adam(mat, lr=self._pass_cfg.lr_mat)
         self.opt_cam = (torch.optim.Adam(self.cam_refiner.parameters(), lr=self.cfg.cameras.lr)
                         if self.cam_refiner is not None else None)
 
+    # ---- the current phase and its modules (the names notebooks, tests and tools use) ----------------------
     @property
     def _pass_cfg(self):
-        return self.cfg.pass1 if self.pass_idx == 0 else self.cfg.pass2
+        return self.phase.config(self.cfg)
+
+    @property
+    def pass_idx(self) -> int:
+        return self.phase.index
 
     @property
     def pass_name(self) -> str:
-        return PASS_NAMES[self.pass_idx]
+        return self.phase.name
+
+    @property
+    def dmtet(self):
+        return self.pass1.dmtet
+
+    @property
+    def field(self):
+        return self.pass1.field
+
+    @property
+    def fixed(self):
+        return getattr(self.phase, "fixed", None)
+
+    @property
+    def textures(self):
+        return getattr(self.phase, "textures", None)
 
     @property
     def done(self) -> bool:
-        return self.pass_idx == 1 and self.it >= self.cfg.pass2.iterations
+        return self.phase.final and self.pass_end()
+
+    @property
+    def switch_due(self) -> bool:
+        """The current pass has run its iterations and a next one follows (``step()`` will switch)."""
+        return not self.phase.final and self.pass_end()
+
+    def pass_end(self) -> bool:
+        return self.it >= self._pass_cfg.iterations
 
     def total_iterations(self) -> int:
-        return self.cfg.pass1.iterations + self.cfg.pass2.iterations
+        return sum(getattr(self.cfg, name).iterations for name in PASS_NAMES)
 
     def global_iteration(self) -> int:
-        return self.it + (self.cfg.pass1.iterations if self.pass_idx == 1 else 0)
+        return self.it + sum(getattr(self.cfg, name).iterations for name in PASS_NAMES[:self.phase.index])
+
+    def add_callback(self, callback: Callback) -> None:
+        """Run ``callback`` after every step, after the trainer's own (history, good state, snapshot, checkpoint)."""
+        self.callbacks.append(callback)
 
     # ---- one iteration ---------------------------------------------------------------------------
     def current_mesh(self):
-        return self.dmtet.extract() if self.pass_idx == 0 else self.fixed.mesh()
+        return self.phase.mesh()
 
     def _material_fn(self):
-        if self.pass_idx == 0:
-            field = self.field
-            return lambda gb: field(gb.pos, gb.mask[..., 0], pixels=gb.pixels())
-        tex, rast = self.textures, self.rast
-        return lambda gb: tex(rast, gb.uv, gb.uv_da)
+        return self.phase.material_fn()
 
     def _next_batch(self, batch: int) -> torch.Tensor:
         idx = []
@@ -212,7 +233,7 @@ class Trainer:
     def step(self) -> StepResult:
         """One optimisation step of the current pass (switching to pass 2, with the bake, when pass 1 ends)."""
         with self._lock:
-            if self.pass_idx == 0 and self.it >= self.cfg.pass1.iterations:
+            if self.switch_due:
                 self._switch_to_pass2()
             if self.done:
                 raise StopIteration("training is finished")
@@ -231,14 +252,15 @@ class Trainer:
                 return StepResult(self.pass_name, self.it, rolled_back)
             result = StepResult(self.pass_name, self.it, losses)
             self.it += 1
-            self._after_step(result)
+            for callback in self.callbacks:
+                callback(self, result)
             return result
 
     def _step(self) -> dict:
         cfg, pc, lw = self.cfg, self._pass_cfg, self.cfg.loss
         t = self.it / max(1, pc.iterations)
         factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
-        cam_lr = 0.0 if self.pass_idx == 0 and t < cfg.cameras.start else cfg.cameras.lr
+        cam_lr = self.phase.camera_lr(cfg, t)
         for opt, base in ((self.opt_geo, pc.lr_pos), (self.opt_mat, pc.lr_mat), (self.opt_cam, cam_lr)):
             for group in (opt.param_groups if opt is not None else ()):
                 group["lr"] = base * factor * self.lr_scale
@@ -259,12 +281,11 @@ class Trainer:
         with record_function("rk.extract"):
             mesh = self.current_mesh()
         if mesh.num_faces == 0:
-            log.warning("pass 1 iteration %d: the SDF has no zero crossing; only the regulariser is applied", self.it)
-            loss = self.dmtet.sdf_reg_loss() + (self.dmtet.sdf - 0.1).abs().mean()
+            log.warning("%s iteration %d: the mesh has no faces; only the regulariser is applied", self.pass_name, self.it)
+            loss = self.phase.empty_mesh_loss()
             self._backward_step(loss)
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
-        out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, compile=self._compile,
-                          shade_chunk=self.cfg.shade_chunk)
+        out = self.renderer.render(mesh, cams, (H, W), self._material_fn(), self.light, bg)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
@@ -272,27 +293,19 @@ class Trainer:
         ramp = min(1.0, self.it / 500.0)
         gmask = out["mask"][..., 0]
         if lw.kd_smooth > 0:
-            if self.pass_idx == 0:
-                kd_s = self.field.kd_smoothness(out["gbuffer"].pos, gmask, kd=out["kd"], pixels=out["gbuffer"].pixels())
-            else:
-                gb = out["gbuffer"]
-                kd_s = self.textures.kd_smoothness(self.rast, gb.uv, gmask, uv_da=gb.uv_da, kd=out["kd"])
-            losses["kd_smooth"] = lw.kd_smooth * ramp * kd_s
+            losses["kd_smooth"] = lw.kd_smooth * ramp * self.phase.kd_smoothness(self.rast, out, gmask)
         if lw.occlusion > 0:
             losses["occlusion"] = lw.occlusion * ramp * (out["ks"][..., 0] * gmask).mean()
         if lw.light_reg > 0 and self.cfg.light.learn_light:
             losses["light_reg"] = lw.light_reg * self.light.regularizer()
         if lw.depth > 0 and cfg.data.use_depth and sub.depth is not None:
             valid = (gmask > 0) & (sub.depth > 0) & self._interior.index_select(0, sel)
-            decay = lw.depth_end if self.pass_idx == 1 else 1.0 - (1.0 - lw.depth_end) * t
+            decay = self.phase.depth_decay(t, lw.depth_end)
             losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], sub.depth, valid)
                                / cfg.geometry.mesh_scale)
         if self.cam_refiner is not None:
             losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
-        if self.pass_idx == 0:
-            losses["sdf_reg"] = rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()
-        else:
-            losses["laplace"] = self.fixed.laplacian(t, cfg.geometry.laplace_scale)
+        losses.update(self.phase.regularizers(t, cfg))
         total = sum(losses.values())
         with record_function("rk.backward_step"):
             self._backward_step(total)
@@ -311,31 +324,7 @@ class Trainer:
             opt.step()
         with torch.no_grad():
             self.light.clamp_()
-            if self.textures is not None:
-                self.textures.clamp_()
-
-    def _after_step(self, result: StepResult) -> None:
-        cfg = self.cfg
-        if self.it % cfg.log_every == 0 or self._pass_end():
-            rec = {"pass": result.pass_name, "it": result.iteration, "global_it": self.global_iteration(),
-                   "time": round(self.timings[result.pass_name], 3),
-                   "lr_pos": self.opt_geo.param_groups[0]["lr"], "lr_mat": self.opt_mat.param_groups[0]["lr"]}
-            rec.update(_mean_over_ranks(result.losses, self.world_size, self.device))
-            self.history.append(rec)
-            if self.run_dir is not None:
-                with open(self.run_dir / "history.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-        if checkpoint := (cfg.checkpoint_every and self.it % cfg.checkpoint_every == 0) or self._pass_end():
-            rk_guard.remember_good(self)
-        if self.run_dir is None:
-            return
-        if cfg.snapshot_every and self.it % cfg.snapshot_every == 0:
-            self.save_snapshot()
-        if checkpoint:
-            self.save_checkpoint()
-
-    def _pass_end(self) -> bool:
-        return self.it >= self._pass_cfg.iterations
+            self.phase.clamp_()
 
     # ---- pass switch: extract, clean, unwrap, bake --------------------------------------------------
     @torch.no_grad()
@@ -347,49 +336,15 @@ class Trainer:
 
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        mesh = rk_mesh.clean_mesh(self.dmtet.extract(), target_faces=self.cfg.geometry.unwrap_target())
-        if mesh.num_faces == 0:
-            raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
-                               "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")
-        mesh = bake.uv_unwrap(mesh)
-        textures = bake.bake_field(self.rast, mesh, self._bake_fn(mesh), texture_res=self.cfg.material.texture_res)
-        m = self.cfg.material
-        self.textures = materials.TexturedMaterial.from_arrays(
-            textures["kd"], textures["ks"], textures["normal"], kd_min=m.kd_min, kd_max=m.kd_max,
-            ks_min=m.ks_min, ks_max=m.ks_max, device=self.device)
-        self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
-        self.pass_idx, self.it = 1, 0
+        self.phase, self.it = bake_to_pass2(self.phase, self.rast, self.cfg, self.device), 0
         self._make_optimizers()
         self.timings["bake"] += time.perf_counter() - t0
-        log.info("bake: %d faces, %d^2 textures in %.1f s", mesh.num_faces, self.cfg.material.texture_res,
+        log.info("bake: %d faces, %d^2 textures in %.1f s", self.fixed.mesh().num_faces, self.cfg.material.texture_res,
                  self.timings["bake"])
         self.guard.reset()
         rk_guard.remember_good(self)
         if self.run_dir is not None:
             self.save_checkpoint()
-
-    def _bake_fn(self, mesh) -> Callable:
-        """Field lookup for baking; re-expresses the tangent-space normal in the new UV tangent frame.
-
-        Pass 1 perturbs normals in a frame derived from the surface normal alone; pass 2 uses UV tangents.
-        Converting at bake time keeps the learned detail (nvdiffrec copies the values across frames).
-        """
-        field = self.field
-
-        def fn(pos: torch.Tensor, normal: torch.Tensor | None = None, tangent: torch.Tensor | None = None) -> dict:
-            out = field(pos)
-            if normal is None or tangent is None:
-                return out
-            n = F.normalize(normal, dim=-1, eps=1e-8)
-            t1 = F.normalize(frame_from_normal(n), dim=-1, eps=1e-8)
-            b1 = F.normalize(torch.cross(t1, n, dim=-1), dim=-1, eps=1e-8)
-            p = out["normal"]
-            world = F.normalize(t1 * p[..., 0:1] - b1 * p[..., 1:2] + n * p[..., 2:3].clamp_min(0), dim=-1, eps=1e-8)
-            t2 = F.normalize(tangent - (tangent * n).sum(-1, keepdim=True) * n, dim=-1, eps=1e-8)
-            b2 = F.normalize(torch.cross(t2, n, dim=-1), dim=-1, eps=1e-8)
-            out["normal"] = torch.stack([(world * t2).sum(-1), -(world * b2).sum(-1), (world * n).sum(-1).clamp_min(0)], -1)
-            return out
-        return fn
 
     # ---- running -------------------------------------------------------------------------------------
     def run(self, iterations: int | None = None, progress: bool | str = True,
@@ -430,21 +385,10 @@ class Trainer:
     def render_views(self, views: ViewSet, background: str | None = None, bsdf: str = "pbr") -> dict:
         """Render the current model for ``views`` (any resolution) over a plain background. Eager shading: these
         occasional renders are not worth compiling another (gradient-free) graph for."""
-        views = views.to(self.device)
-        H, W = views.rgb_linear.shape[1:3]
-        out_rgb, out_alpha, out_depth = [], [], []
-        mesh = self.current_mesh()
-        for i in range(len(views)):
-            cams = stack_matrices([views.cameras[i]], device=self.device)
-            bg = make_background(background or self.cfg.data.val_background, (1, H, W), self.device)
-            if mesh.num_faces == 0:
-                out_rgb.append(bg), out_alpha.append(torch.zeros(1, H, W, 1, device=self.device))
-                out_depth.append(torch.zeros(1, H, W, 1, device=self.device))
-                continue
-            out = render_mesh(self.rast, mesh, cams, (H, W), self._material_fn(), self.light, bg, bsdf=bsdf,
-                              compile=False)
-            out_rgb.append(out["rgb_linear"]), out_alpha.append(out["alpha"]), out_depth.append(out["depth"])
-        return {"rgb_linear": torch.cat(out_rgb), "alpha": torch.cat(out_alpha), "depth": torch.cat(out_depth)}
+        out = MeshRenderer(self.rast, compile=False).render_views(
+            self.current_mesh(), views.cameras, self._material_fn(), self.light,
+            background or self.cfg.data.val_background, bsdf=bsdf, batch=1)   # one view at a time: any resolution
+        return {k: out[k] for k in ("rgb_linear", "alpha", "depth")}
 
     @torch.no_grad()
     def preview(self, view: int = 0, size: int | None = None) -> np.ndarray:
@@ -479,28 +423,11 @@ class Trainer:
             state["cam_refiner"], state["opt_cam"] = self.cam_refiner.state_dict(), self.opt_cam.state_dict()
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        if self.pass_idx == 0:
-            state["dmtet"], state["field"] = self.dmtet.state_dict(), self.field.state_dict()
-        else:
-            state["fixed"], state["textures"] = self.fixed.state_dict(), self.textures.state_dict()
+        state.update(self.phase.state_dict())   # dmtet + field, or fixed + textures (the keys since wave 1)
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.pass_idx, self.it = state["pass_idx"], state["it"]
-        if self.pass_idx == 0:
-            self.dmtet.load_state_dict(state["dmtet"])
-            self.field.load_state_dict(state["field"])
-        else:
-            from recon_kit.mesh import Mesh
-
-            fx = state["fixed"]
-            mesh = Mesh(fx["v_init"], fx["t_pos_idx"], fx.get("v_tex"), fx.get("t_tex_idx"))
-            self.fixed = fixed_mesh.FixedMesh(mesh).to(self.device)
-            self.fixed.load_state_dict(fx)
-            tx = state["textures"]
-            self.textures = materials.TexturedMaterial.from_arrays(
-                tx["kd.data"][0], tx["ks.data"][0], tx["normal.data"][0], device=self.device)
-            self.textures.load_state_dict(tx)
+        self.phase, self.it = phase_from_state(state, self.pass1, self.device), state["it"]
         self.light.load_state_dict(state["light"])
         self._make_optimizers()
         self.opt_geo.load_state_dict(state["opt_geo"])
@@ -546,12 +473,9 @@ class Trainer:
     def export(self, folder: str | Path | None = None, overwrite: bool = True) -> dict:
         """Write the mesh folder (OBJ/MTL/PNG/probe.hdr, nvdiffrec's layout), ``model.glb`` and a zip."""
 
-        if self.pass_idx == 0:
-            raise RuntimeError("export needs pass 2 (textures); run the trainer to the end first")
+        mesh, kd, ks, nrm = self.phase.export_parts()
         folder = Path(folder) if folder is not None else self.run_dir / "mesh"
-        mesh = self.fixed.mesh()
         rk_guard.check_exportable(self, mesh, folder)
-        kd, ks, nrm = (t.to_numpy() for t in (self.textures.kd, self.textures.ks, self.textures.normal))
         probe = self.light.to_latlong(256)
         paths = meshfile.write_obj_folder(folder, mesh, kd, ks, nrm, probe, overwrite=overwrite)
         glb = meshfile.write_glb(folder / "model.glb", mesh, kd, ks, nrm)

@@ -110,7 +110,7 @@ def OrbitImage(**kw):  # noqa: N802 - a factory so importing this module does no
     return _orbit_image_class()(**kw)
 
 
-def _default_material(gb) -> dict:
+def _default_material(gb, rasterizer=None) -> dict:
     grey = torch.full_like(gb.pos, 0.6)
     ks = torch.zeros_like(gb.pos)
     ks[..., 1] = 0.5
@@ -298,7 +298,7 @@ class LiveView:
             bg = 1.0 if run.val_background == "white" else 0.0
             m = views.mask[..., None]
             photos = (linear_to_srgb((views.rgb_linear * m + bg * (1 - m)).clamp(0, 1)) * 255 + 0.5).byte().numpy()
-        view = cls(scene=lambda: (mesh, lambda gb: material(rast, gb.uv, gb.uv_da), light, rast),
+        view = cls(scene=lambda: (mesh, material.material, light, rast),
                    cameras=views.cameras if views is not None else (), photos=photos, environments=envs, **kw)
         return view
 

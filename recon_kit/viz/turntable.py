@@ -1,7 +1,7 @@
 """Re-render an exported mesh: relit turntables (GIF / MP4), reference | render | error grids, and the
 texture and probe panels, from a run folder read back with :func:`recon_kit.runs.run.load_run`.
 
-Rendering is the training pipeline's (:func:`recon_kit.render.render_mesh`, split-sum PBR with the baked
+Rendering is the training pipeline's (:class:`recon_kit.render.MeshRenderer`, split-sum PBR with the baked
 textures as a :class:`~recon_kit.model.materials.TexturedMaterial`), batched over views, so a 24-frame turntable at
 192^2 takes seconds on a 2-core CPU with the PyTorch rasteriser.
 """
@@ -17,11 +17,11 @@ import torch
 from matplotlib.figure import Figure
 
 from recon_kit.runs import run as rk_run
-from recon_kit.cameras import Camera, orbit_views, stack_matrices
+from recon_kit.cameras import Camera, orbit_views
 from recon_kit.data.dataset import ViewSet
 from recon_kit.color import linear_to_srgb
 from recon_kit.mesh import Mesh
-from recon_kit.render import get_rasterizer, make_background, render_mesh
+from recon_kit.render import MeshRenderer, constant_material, get_rasterizer, make_background
 
 __all__ = ["turntable", "render_cameras", "orbit_cameras", "comparison_grid",
            "comparison_images", "texture_panel", "probe_panel", "frames_strip", "camera_correction_grid"]
@@ -90,24 +90,10 @@ def render_cameras(source: Any, cameras: Sequence[Camera], background: str = "wh
     if light is None:
         light = _neutral_light(device)
     light = light.to(device)
-    rast = get_rasterizer("auto", device)
-    sizes = {(c.height, c.width) for c in cameras}
-    if len(sizes) != 1:
-        raise ValueError(f"cameras must share one image size, got {sorted(sizes)}")
-    H, W = sizes.pop()
-    rgb, alpha = [], []
-    fn = (lambda gb: material(rast, gb.uv, gb.uv_da)) if mesh.has_uv else (
-        lambda gb: {"kd": torch.full_like(gb.pos, 0.6), "ks": torch.zeros_like(gb.pos) + torch.tensor(
-            [0.0, 0.5, 0.0], device=gb.pos.device), "normal": torch.zeros_like(gb.pos) + torch.tensor(
-            [0.0, 0.0, 1.0], device=gb.pos.device)})
-    for s in range(0, len(cameras), batch):
-        cams = list(cameras[s:s + batch])
-        views = stack_matrices(cams, device=device)
-        bg = make_background(background, (len(cams), H, W), device)
-        out = render_mesh(rast, mesh, views, (H, W), fn, light, bg, bsdf=bsdf)
-        rgb.append(out["rgb_linear"].float().cpu())
-        alpha.append(out["alpha"][..., 0].float().cpu())
-    return {"rgb_linear": torch.cat(rgb).numpy(), "alpha": torch.cat(alpha).numpy()}
+    renderer = MeshRenderer(get_rasterizer("auto", device))
+    out = renderer.render_views(mesh, cameras, material.material if mesh.has_uv else constant_material(), light,
+                                background, bsdf=bsdf, batch=batch)
+    return {"rgb_linear": out["rgb_linear"].float().cpu().numpy(), "alpha": out["alpha"][..., 0].float().cpu().numpy()}
 
 
 def _to_uint8(rgb_linear: np.ndarray) -> np.ndarray:
