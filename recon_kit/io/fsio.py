@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from recon_kit.io.files import shareable
+
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "check_writable", "describe_os_error",
            "naming", "torch_save_atomic"]
 
@@ -42,6 +44,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
             yield f
             f.flush()
             os.fsync(f.fileno())
+        shareable(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,11 +19,19 @@ Usage::
 
 from __future__ import annotations
 
-
+import dataclasses
+import datetime as _dt
+import hashlib
 import json
+import logging
 import math
 import os
-import tempfile
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,28 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from recon_kit.io.fsio import atomic_write_text
 from recon_kit.io.locking import LOCK_FILE
 from recon_kit.io.overwrite import check_clearable, clear, mark
-from recon_kit.io.files import shareable
-
-
-
-import dataclasses
-import datetime as _dt
-import hashlib
-import logging
-import platform
-import secrets
-import shutil
-import subprocess
-import sys
-
-
-
-
-
-
-import re
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +98,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> dict[str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = _deep_merge(read_metrics_json(path), _jsonable(dict(metrics)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(merged, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-        shareable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return merged
 
 
@@ -342,18 +322,7 @@ class RunDir:
     def write_json(self, name: str | os.PathLike[str], obj: Any) -> Path:
         """Write ``obj`` as JSON atomically (temporary file in the same folder + os.replace)."""
         target = self.path(name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2, default=_json_default, allow_nan=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            shareable(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(target, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
         return target
 
     def read_json(self, name: str | os.PathLike[str]) -> Any:
