@@ -119,6 +119,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
     from recon_kit import config
     from recon_kit.data.dataset import load_viewset, prepare_dataset
     from recon_kit.runs.run import finish, new_trainer
+    from recon_kit.evaluate import fringe as rk_fringe
 
     t_start = process_start()
     cfg = config.resolve(preset, {**overrides, **({"data.resolution": resolution} if resolution else {})})
@@ -166,7 +167,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
         result = finish(trainer, dataset_dir)
         phases["finish"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        fringe = trainer.fringe()
+        fringe = rk_fringe(trainer.render_views, trainer.views)
         phases["fringe"] = time.perf_counter() - t0
     finally:
         if trainer.run_lock is not None:
