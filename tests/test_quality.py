@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon_kit import config, evaluate as metrics, losses, synth
+from recon_kit import config, evaluate as metrics, losses
 from recon_kit.data import dataset as rk_dataset
 from recon_kit.runs import run as rk_run
 from recon_kit.model.camera_refine import CameraRefiner, axis_angle_to_matrix
@@ -14,11 +14,8 @@ from recon_kit.cameras import axis_rig, stack_matrices
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    cap = synth.write_demo_capture(root / "capture", resolution=96, n_test=2)
-    rk_dataset.prepare_dataset(cap, root / "data", [64], progress=False)
-    return root / "data" / "64"
+def dataset(demo_dataset):
+    return demo_dataset(96, 64, 2)
 
 
 def test_axis_angle_matches_scipy():

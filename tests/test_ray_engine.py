@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("ray.tune", reason="the ray engine needs the cluster extra: pip install recon-kit[cluster]")
 
 from recon_kit import synth  # noqa: E402
-from recon_kit.data import dataset as rk_dataset  # noqa: E402
 from recon_kit.runs import batch, ray_engine  # noqa: E402
 from recon_kit.runs import sweep as rk_sweep  # noqa: E402
 from recon_kit.runs import table as rk_table  # noqa: E402
@@ -60,11 +59,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=1)
-    rk_dataset.prepare_dataset(cap, root / "data", [48], progress=False)
-    return root / "data" / "48"
+def dataset(demo_dataset):
+    return demo_dataset(64, 48, 1)
 
 
 def _comparable(table):

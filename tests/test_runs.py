@@ -21,7 +21,6 @@ from recon_kit.runs import animation
 from recon_kit.runs import run as rk_run
 from recon_kit.runs import sweep as rk_sweep
 from recon_kit.runs import table as rk_table
-from recon_kit import synth
 from recon_kit.viz import runs as viz_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +55,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=1)
-    rk_dataset.prepare_dataset(cap, root / "data", [48], progress=False)
-    return root / "data" / "48"
+def dataset(demo_dataset):
+    return demo_dataset(64, 48, 1)
 
 
 @pytest.fixture(scope="module")

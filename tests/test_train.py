@@ -11,16 +11,12 @@ from recon_kit import config
 from recon_kit.data import dataset as rk_dataset
 from recon_kit import losses as rk_losses
 from recon_kit.runs import run as rk_run
-from recon_kit import synth
 from recon_kit.train import trainer
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    cap = synth.write_demo_capture(root / "capture", resolution=96, n_test=2)
-    rk_dataset.prepare_dataset(cap, root / "data", [64], progress=False)
-    return root / "data" / "64"
+def dataset(demo_dataset):
+    return demo_dataset(96, 64, 2)
 
 
 def tiny(**kw):
