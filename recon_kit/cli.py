@@ -46,6 +46,16 @@ def _existing_dir(path: str | Path, what: str) -> Path:
     return p.resolve()
 
 
+def _workspace(path: Path | None):
+    """The :class:`~recon_kit.runs.workspace.Workspace` of ``--workspace`` (None without it): the notebooks' rule
+    for default paths, so a command and a notebook given the same workspace read and write the same folders."""
+    if path is None:
+        return None
+    from recon_kit.runs.workspace import Workspace
+
+    return Workspace(path)
+
+
 def _config_overrides_type() -> type:
     """A dataclass mirroring :class:`ReconConfig` with every field optional (None = keep the preset's value)."""
     def mirror(cls: type, name: str) -> type:
@@ -127,7 +137,7 @@ class Demo:
     to OUTPUT_DIR/run (recon_kit.notebooks.run_demo)."""
 
     output_dir: Path = Path("outputs/demo")
-    """Where everything goes."""
+    """Where everything goes; a workspace (data/, posecheck/, run/) that later commands take as --workspace."""
     dataset: str = "demo"
     """'demo' (built-in synthetic object) or a capture folder, e.g. ../shared/datasets/shoe."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -165,8 +175,10 @@ class Prepare:
 
     input_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT_DIR")]
     """Capture folder (multi_views/, depth_renders/, transforms.json?)."""
-    output_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUTPUT_DIR")]
-    """Dataset folder to write (transforms.json, train/, depth/ per resolution)."""
+    output_dir: Annotated[Path | None, tyro.conf.Positional, tyro.conf.arg(metavar="OUTPUT_DIR")] = None
+    """Dataset folder to write (transforms.json, train/, depth/ per resolution); default: <workspace>/data."""
+    workspace: Path | None = None
+    """Workspace folder (e.g. outputs/shoe) whose data/ receives the dataset when OUTPUT_DIR is not given."""
     resolutions: tuple[int, ...] = (512,)
     """Longest image side of each dataset to write, e.g. 512 1024."""
     mask_source: Literal["depth", "alpha", "background"] = "depth"
@@ -184,12 +196,16 @@ class Prepare:
 
     def run(self) -> int:
         src = _existing_dir(self.input_dir, "input folder")
+        ws = _workspace(self.workspace)
+        if self.output_dir is None and ws is None:
+            raise CommandError("give OUTPUT_DIR or --workspace DIR (the dataset then goes to DIR/data)")
+        output_dir = Path(self.output_dir if self.output_dir is not None else ws.data_dir).resolve()
         from recon_kit.data.dataset import prepare_dataset
 
-        result = prepare_dataset(src, Path(self.output_dir).resolve(), self.resolutions, mask_source=self.mask_source,
+        result = prepare_dataset(src, output_dir, self.resolutions, mask_source=self.mask_source,
                                  align=self.align, camera_angle_x=self.camera_angle_x, distance=self.distance,
                                  overwrite=self.overwrite, allow_missing=self.allow_missing)
-        print(f"prepared dataset: {result if result is not None else self.output_dir}")
+        print(f"prepared dataset: {result if result is not None else output_dir}")
         return 0
 
 
@@ -198,12 +214,15 @@ class CheckPoses:
     """Visual-hull pose check of a dataset: per-view consistency, roll/mirror fixes, camera_angle_x scan
     (recon_kit.posecheck.run_check; notebook 02)."""
 
-    dataset_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET_DIR")]
-    """Prepared dataset folder (with transforms.json, or the parent of <res>/ folders)."""
+    dataset_dir: Annotated[Path | None, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET_DIR")] = None
+    """Prepared dataset folder (with transforms.json, or the parent of <res>/ folders); default: the largest
+    (or --resolution) <res>/ folder in <workspace>/data."""
+    workspace: Path | None = None
+    """Workspace folder (e.g. outputs/shoe): DATASET_DIR and --output-dir default to its data/<res> and posecheck/."""
     transforms: str = ""
     """Transforms file whose poses are checked (empty: the transforms.json of dataset_dir)."""
     output_dir: Optional[Path] = None
-    """Also write report.txt and consistency.csv there."""
+    """Also write report.txt and consistency.csv there (default: <workspace>/posecheck with --workspace)."""
     grid_res: int = 64
     """Visual-hull grid resolution per axis."""
     mesh_scale: float = 2.1
@@ -222,20 +241,28 @@ class CheckPoses:
     """Replace an existing *_corrected.json / report.txt."""
 
     def run(self) -> int:
-        ds = _existing_dir(self.dataset_dir, "dataset folder")
+        ws = _workspace(self.workspace)
+        if self.dataset_dir is None and ws is None:
+            raise CommandError("give DATASET_DIR or --workspace DIR (its largest prepared data/<res> is checked)")
+        resolution = self.resolution
+        if self.dataset_dir is not None:
+            ds = _existing_dir(self.dataset_dir, "dataset folder")
+        else:
+            ds, resolution = ws.dataset(self.resolution).resolve(), None  # the <res>/ folder itself: nothing to pick
+        output_dir = self.output_dir if self.output_dir is not None or ws is None else ws.posecheck_dir
         from recon_kit.posecheck import run_check
 
         check = run_check(ds, self.transforms, grid_res=self.grid_res, mesh_scale=self.mesh_scale,
                           mask_size=self.mask_size, run_calibration=self.run_calibration,
                           write_corrected=self.write_corrected, apply_calibration=self.apply_calibration,
-                          overwrite=self.overwrite, output_dir=self.output_dir, resolution=self.resolution)
+                          overwrite=self.overwrite, output_dir=output_dir, resolution=resolution)
         print(check.report.summary())
         if check.written is not None:
             print(f"corrected transforms written to {check.written} (the original is untouched)")
         elif self.write_corrected:
             print("nothing to correct: no fixes found (add --apply-calibration to write the scanned angle)")
-        if self.output_dir is not None:
-            print(f"report written to {self.output_dir}")
+        if output_dir is not None:
+            print(f"report written to {output_dir}")
         return 0
 
 
@@ -247,10 +274,13 @@ class Train:
     preset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PRESET")]
     """Preset name (cpu-small, gpu-default, seed-nvdiffrec) or a config JSON file (kit or nvdiffrec format); under
     torchrun also 'auto' (gpu-default on CUDA, cpu-small on the CPU)."""
-    dataset_dir: Path
-    """Prepared dataset folder."""
-    run_dir: Path
-    """Run folder, e.g. outputs/shoe/run (never overwritten silently)."""
+    dataset_dir: Path | None = None
+    """Prepared dataset folder (default: the largest data/<res> of --workspace)."""
+    run_dir: Path | None = None
+    """Run folder, e.g. outputs/shoe/run (never overwritten silently); default: a new time-stamped
+    <workspace>/runs/<UTC time>_<id>."""
+    workspace: Path | None = None
+    """Workspace folder (e.g. outputs/shoe) from which --dataset-dir and --run-dir follow when not given."""
     set: Sets = ()
     """Config override KEY=VALUE (repeatable), e.g. --set pass1.iterations=300."""
     config: Annotated[ConfigOverrides, tyro.conf.arg(name="")] = dataclasses.field(default_factory=ConfigOverrides)
@@ -269,15 +299,34 @@ class Train:
     def overrides(self) -> dict[str, Any]:
         return {**_typed_overrides(self.config), **parse_overrides(list(self.set))}
 
+    def paths(self, distributed: bool = False) -> tuple[Path, Path]:
+        """The dataset and run folders: the explicit ones, else the workspace's (as notebook 03 picks them)."""
+        ws = _workspace(self.workspace)
+        if ws is None and (self.dataset_dir is None or self.run_dir is None):
+            raise CommandError("give --dataset-dir and --run-dir, or --workspace DIR (data from DIR/data, the run "
+                               "into a new DIR/runs/<UTC time>)")
+        ds = _existing_dir(self.dataset_dir, "dataset folder") if self.dataset_dir is not None else \
+            ws.dataset().resolve()
+        if self.run_dir is not None:
+            return ds, Path(self.run_dir).resolve()
+        if self.resume:
+            raise CommandError("--resume continues one run: give it as --run-dir (--workspace alone starts a new one)")
+        if distributed:
+            raise CommandError("under torchrun give --run-dir (each process would pick its own time-stamped folder); "
+                               "recon-kit train --nproc N picks one for all")
+        from recon_kit.runs.folder import new_run_path
+
+        return ds, new_run_path(ws.runs_dir).resolve()
+
     def run(self) -> int:
-        ds = _existing_dir(self.dataset_dir, "dataset folder")
+        distributed = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ  # one process of a torchrun launch
+        ds, run_dir = self.paths(distributed)
         config = self.preset
         looks_like_file = config.endswith((".json", ".yaml", ".yml", ".toml")) or "/" in config
         if looks_like_file and not Path(config).exists():
             raise FileNotFoundError(f"config file {config} does not exist")
         cfg = str(Path(config).resolve()) if looks_like_file else config
-        run_dir = Path(self.run_dir).resolve()
-        if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # one process of a torchrun launch
+        if distributed:
             from recon_kit.runs.launch import train_distributed
 
             train_distributed(ds, None if cfg == "auto" else cfg, run_dir, self.overrides(), resume=self.resume, overwrite=self.overwrite,

@@ -207,7 +207,8 @@ def _notebook_parameters(name: str) -> dict:
 
 def test_cli_names_and_defaults_follow_the_library_and_the_notebooks():
     """One name per parameter: the CLI's fields are the library function's parameters (same defaults) and the
-    notebook's parameters cell uses the same names (same defaults where the notebook does not pick its own)."""
+    notebook's parameters cell uses the same names (same defaults where the notebook does not pick its own).
+    ``workspace`` is the notebooks' and the CLI's own: the folder the default paths follow from."""
     import dataclasses
     import inspect as pyinspect
 
@@ -216,16 +217,18 @@ def test_cli_names_and_defaults_follow_the_library_and_the_notebooks():
     from recon_kit.posecheck import run_check
 
     for cls, func, notebook, own in ((Prepare, prepare_dataset, "01_prepare_data.ipynb",
-                                      {"input_dir", "output_dir", "resolutions", "align"}),
-                                     (CheckPoses, run_check, "02_check_poses.ipynb", {"dataset_dir", "output_dir"})):
+                                      {"workspace", "input_dir", "output_dir", "resolutions", "align"}),
+                                     (CheckPoses, run_check, "02_check_poses.ipynb",
+                                      {"workspace", "dataset_dir", "output_dir"})):
         params = pyinspect.signature(func).parameters
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
         for name, default in fields.items():
+            if name == "workspace":
+                continue
             assert name in params, f"{cls.__name__}.{name} is not a parameter of {func.__name__}"
             if params[name].default is not pyinspect.Parameter.empty and default is not dataclasses.MISSING:
                 assert default == params[name].default, (cls.__name__, name)
         nb = _notebook_parameters(notebook)
-        nb.pop("workspace")  # the notebooks' source of default paths; the CLI takes the paths themselves
         for name, value in nb.items():
             assert name in fields, f"{notebook} parameter {name!r} has no CLI flag in {cls.__name__}"
             if name not in own:

@@ -7,7 +7,8 @@
       runs/<UTC time>_<id>/      training runs (notebook 03; the newest is notebook 04's default)
 
 Relative paths start at the repository root (:func:`recon_kit.notebooks.at_repo_root`), in JupyterLab, under
-papermill and on the CLI alike. Every explicit path parameter of a notebook still wins over the workspace.
+papermill and on the CLI alike. Every explicit path parameter of a notebook still wins over the workspace. The CLI's
+``--workspace`` (prepare, check-poses, train) follows the same rule through this class.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Workspace:
                       key=lambda p: int(p.name))
         if not subs:
             raise FileNotFoundError(f"no prepared dataset (<res>/transforms.json) in {_where(self.data_dir)}; run "
-                                    f"notebook 01 (output_dir={str(self.data_dir)!r}) or set dataset_dir")
+                                    f"notebook 01 (output_dir={str(self.data_dir)!r}) or recon-kit prepare CAPTURE "
+                                    f"--workspace {self.root}, or set dataset_dir")
         return subs[-1]
 
     def latest_run(self) -> Path:
