@@ -259,3 +259,33 @@ def test_batch_on_ray_then_skip(local_ray, captures, tmp_path, one_thread, capsy
     assert "capture shoe_a: skipped (finished)" in lines and table.loc["broken", "status"] == "failed"
     with pytest.raises(rk_sweep.SweepError, match="pass1.iterations"):  # finished under another configuration
         batch.Batch(captures, out, base={**TINY, "pass1.iterations": 9}).run(progress=False, echo=None)
+
+
+# ---- one driver per sweep/batch folder (no Ray started: the lock is taken first) ------------------------------
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from recon_kit.io import locking; "
+        "locking.acquire(sys.argv[1], 'sweep'); print('locked', flush=True); time.sleep(60)")
+
+
+def test_a_second_driver_on_a_locked_folder_fails_at_once(dataset, captures, tmp_path, capsys):
+    from recon_kit.cli import main
+    from recon_kit.io.locking import RunLockedError
+
+    sweep_dir, batch_dir = tmp_path / "sweep", tmp_path / "batch"
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT)), str(d)], stdout=subprocess.PIPE,
+                                text=True) for d in (sweep_dir, batch_dir)]
+    try:
+        assert [p.stdout.readline().strip() for p in holders] == ["locked", "locked"]
+        sweep = rk_sweep.Sweep(sweep_dir, dataset, grid={"seed": [0]}, base=TINY, engine="ray")
+        with pytest.raises(RunLockedError, match=f"{sweep_dir}.*PID {holders[0].pid}"):
+            sweep.run(progress=False, ray={"num_cpus": 1})
+        with pytest.raises(RunLockedError, match=f"PID {holders[1].pid}"):
+            batch.Batch(captures, batch_dir).run(progress=False, echo=None, ray={"num_cpus": 1})
+        rc = main(["sweep", "--dataset", str(dataset), "--out", str(sweep_dir), "--grid", "seed=0", "--engine", "ray",
+                   "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 1 and f"in use by PID {holders[0].pid}" in err.splitlines()[0], err
+        assert not (sweep_dir / ray_engine.TRIAL_FOLDER).exists() and not (batch_dir / batch.MANIFEST).exists()
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()

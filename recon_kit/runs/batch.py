@@ -134,12 +134,21 @@ class Batch:
     def run(self, progress: bool = True, rerun: bool = False, retry_failed: bool = True,
             echo: Callable[[str], Any] | None = print, ray: Any = None):
         """Reconstruct every capture not finished yet (``ray``: a :class:`recon_kit.runs.ray_engine.RayOptions` or
-        dict: on Ray Tune); returns :meth:`summary`."""
+        dict: on Ray Tune); returns :meth:`summary`. Holds the batch folder's lock (one driver per batch, either
+        engine)."""
+        from recon_kit.io.locking import acquire
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with acquire(self.out_dir, "batch"):  # the same batch started twice fails at once, naming this process
+            return self._run_here(progress, rerun, retry_failed, echo, ray)
+
+    def _run_here(self, progress: bool, rerun: bool, retry_failed: bool, echo: Callable[[str], Any] | None,
+                  ray: Any):
+        """:meth:`run` under the batch folder's lock."""
         from tqdm.auto import tqdm
 
         from recon_kit.runs.ray_engine import RayOptions, TrialBook, _Trial, run_trials
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         old = {e.get("name"): e for e in (read_json(self.manifest_path) or {}).get("runs", []) if isinstance(e, dict)}
         entries: dict[str, dict] = {}
         todo: dict[str, _Trial] = {}

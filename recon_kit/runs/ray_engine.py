@@ -422,12 +422,23 @@ def _max_log_steps(sweep: Sweep, params: Sequence[Mapping[str, Any]]) -> int:
 
 def run_sweep(sweep: Sweep, options: RayOptions | Mapping[str, Any] | None = None, *, progress: bool = True,
               retry_failed: bool = True, rerun: bool = False, echo: Callable[[str], Any] | None = None):
-    """``Sweep.run`` on Ray Tune (what ``engine="ray"`` calls); returns the sweep's run table."""
-    from tqdm.auto import tqdm
+    """``Sweep.run`` on Ray Tune (what ``engine="ray"`` calls); returns the sweep's run table. The driver holds the
+    sweep folder's lock, as the sequential engines do: a second driver on the same sweep fails at once."""
+    from recon_kit.io.locking import acquire
 
     opts = RayOptions.coerce(options)
     require_ray()
-    echo = echo or opts.echo
+    if not sweep.dataset_dir.exists():
+        raise FileNotFoundError(f"dataset folder {sweep.dataset_dir} does not exist")
+    with acquire(sweep.out_dir, "sweep (ray)"):  # before Ray starts
+        return _run_sweep(sweep, opts, progress, retry_failed, rerun, echo or opts.echo)
+
+
+def _run_sweep(sweep: Sweep, opts: RayOptions, progress: bool, retry_failed: bool, rerun: bool,
+               echo: Callable[[str], Any] | None):
+    """:func:`run_sweep` under the sweep folder's lock."""
+    from tqdm.auto import tqdm
+
     optuna = sweep if opts.search == "optuna" else None
     if optuna is not None:  # the plan is what Optuna draws; until then, the runs earlier draws left
         if not sweep.grid:
