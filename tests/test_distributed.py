@@ -9,6 +9,7 @@ kd_smooth on checks that a killed data-parallel run resumes to exactly the unint
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -147,6 +148,59 @@ def test_killed_data_parallel_run_resumes_to_the_same_result(two_ranks):
     assert [h["total"] for h in ranks[0]["resumed"]["history"]] == [h["total"] for h in ranks[0]["full"]["history"]]
     after = [h["total"] for h in ranks[1]["resumed"]["history"] if h["global_it"] > 3]
     assert after == [h["total"] for h in ranks[1]["full"]["history"] if h["global_it"] > 3]
+
+
+def _poison_rank1(rank: int, at: int, once: bool):
+    """A callback that writes NaN into rank 1's first trained tensor after global iteration ``at``: one rank's
+    replica goes bad, the other's need not (a NaN texel no view samples changes no loss)."""
+    from recon_kit.train.guard import trained_parameters
+
+    fired = []
+
+    def callback(tr, result):
+        if rank == 1 and tr.global_iteration() >= at and not (once and fired):
+            fired.append(tr.global_iteration())
+            trained_parameters(tr)[0][1].data.view(-1)[:5] = float("nan")
+    return callback
+
+
+def _diverge_worker(rank: int, world: int, port: int, dataset: str, out: str) -> None:
+    """One rank: a divergence on rank 1 alone in pass 1, then in pass 2 (both roll back once and finish), then one
+    that comes back (both stop with DivergenceError instead of one waiting for the other)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), RECON_KIT_DIST_TIMEOUT_MIN="2")
+    torch.set_num_threads(1)
+    ctx = rk_parallel.init_from_env("cpu")
+    out = Path(out)
+    views = rk_dataset.load_viewset(dataset)
+    res = {}
+    for name, at in (("pass1", 4), ("pass2", 7)):
+        tr = launch.build_trainer(ctx, tiny(), views, out / name if rank == 0 else None)
+        launch.train_loop(ctx, tr, progress=False, callback=_poison_rank1(rank, at, once=True))
+        res[name] = {"rollbacks": tr.rollbacks, "done": tr.done, "fingerprint": rk_parallel.fingerprint(tr),
+                     "history": [(h["pass"], h["it"], h["total"]) for h in tr.history]}
+    tr = launch.build_trainer(ctx, tiny(), views, out / "again" if rank == 0 else None)
+    try:
+        launch.train_loop(ctx, tr, progress=False, callback=_poison_rank1(rank, 4, once=False))
+        res["again"] = "finished"
+    except Exception as err:  # noqa: BLE001 - recorded for the test
+        res["again"] = f"{type(err).__name__}: {err}"
+    torch.save(res, out / f"rank{rank}.pt")
+    rk_parallel.barrier(ctx)
+    rk_parallel.cleanup()
+
+
+def test_a_divergence_on_one_rank_rolls_back_every_rank(dataset, tmp_path):
+    mp.spawn(_diverge_worker, args=(2, _free_port(), str(dataset), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for name in ("pass1", "pass2"):
+        assert [r[name]["rollbacks"] for r in ranks] == [1, 1] and all(r[name]["done"] for r in ranks), name
+        assert ranks[0][name]["fingerprint"] == ranks[1][name]["fingerprint"], name
+        assert ranks[0][name]["history"] == ranks[1][name]["history"], name  # losses averaged over ranks
+        assert all(math.isfinite(t) for _, _, t in ranks[0][name]["history"]), name
+    assert ranks[0]["pass2"]["history"][-1][:2] == ("pass2", 3)  # the last of its 4 steps
+    for r in ranks:
+        assert r["again"].startswith("DivergenceError: training diverged at pass1"), r["again"]
 
 
 def test_rank_seeds_differ_per_rank_and_step():

@@ -59,6 +59,7 @@ from recon_kit.train.parallel import cleanup
 from recon_kit.train.parallel import init_from_env
 from recon_kit.train.parallel import sync_state_from_rank0
 from recon_kit.train.parallel import _gather
+from recon_kit.train.guard import remember_good
 
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def _switch_to_pass2(ctx: DistContext, trainer) -> None:
     sync_state_from_rank0(ctx, trainer)
     if not ctx.is_main:
         trainer.timings["bake"] += time.perf_counter() - t0  # the wait for rank 0's bake
+        trainer.guard.reset()  # as rank 0 did after its bake: a rollback in pass 2 returns to the same state
+        remember_good(trainer)
     assert_in_sync(ctx, trainer, "after the pass switch")
 
 

@@ -110,11 +110,27 @@ def trained_parameters(trainer: Any) -> list[tuple[str, torch.Tensor]]:
 
 def guard_step(trainer: Any, losses: dict) -> dict | None:
     """Judge the step that produced ``losses``: None when healthy, else roll back (:func:`roll_back`) and return
-    the losses to report for the undone step."""
-    if trainer.world_size > 1:  # a rollback must be collective; data-parallel runs are not guarded yet
+    the losses to report for the undone step.
+
+    Under data parallelism the judgement is collective, so every rank rolls back (or stops) at the same step and
+    the replicas stay identical: the loss judged is the global batch's (the mean over ranks, as one process would
+    see it), and a step any rank judges bad is bad on all of them.
+    """
+    if trainer.world_size == 1:
+        verdict = trainer.guard.check(float(losses["total"]), trained_parameters(trainer))
+        return None if verdict is None else roll_back(trainer, verdict)
+    import torch.distributed as dist
+
+    total = torch.as_tensor(losses["total"], dtype=torch.float32, device=trainer.device).reshape(1).clone()
+    dist.all_reduce(total)
+    verdict = trainer.guard.check(float(total) / trainer.world_size, trained_parameters(trainer))
+    bad = torch.tensor([float(verdict is not None)], device=trainer.device)
+    dist.all_reduce(bad)
+    if bad.item() == 0:
         return None
-    verdict = trainer.guard.check(float(losses["total"]), trained_parameters(trainer))
-    return None if verdict is None else roll_back(trainer, verdict)
+    if verdict is None:  # another rank's replica went bad (it holds NaN/Inf this one does not)
+        verdict = Verdict(f"{int(bad.item())} of {trainer.world_size} ranks judged the step bad")
+    return roll_back(trainer, verdict)
 
 
 def remember_good(trainer: Any, first: bool = False) -> None:
