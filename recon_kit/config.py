@@ -34,8 +34,11 @@ class DataConfig:
 
 @dataclass
 class GeometryConfig:
+    method: Literal["dmtet", "flexicubes"] = "dmtet"
+    """Pass-1 surface: dmtet (marching tets, nvdiffrec) or flexicubes (dual marching cubes with learned per-cube
+    weights, Shen et al. 2023; same lattice and vertex count as dmtet at the same grid_res)."""
     grid_res: int = 64
-    """In nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis."""
+    """In nvdiffrec units (64 or 128); kit grid = grid_res // 2 cubes per axis (for dmtet and flexicubes)."""
     mesh_scale: float | Literal["auto"] = "auto"
     """Side of the cube the grid spans, centred at the origin; "auto": fitted to the visual hull with a margin when
     training starts (recon_kit.autoscale)."""
@@ -224,6 +227,8 @@ class ReconConfig:
             (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),
+            (self.geometry.method in ("dmtet", "flexicubes"),
+             f"geometry.method must be dmtet or flexicubes, got {self.geometry.method!r}"),
             (self.geometry.grid_res >= 8 and self.geometry.grid_res % 2 == 0, "geometry.grid_res must be even and >= 8"),
             (self.geometry.mesh_scale == "auto" or (isinstance(self.geometry.mesh_scale, float)
                                                     and self.geometry.mesh_scale > 0),

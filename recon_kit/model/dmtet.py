@@ -1,5 +1,7 @@
 """Pass-1 geometry: tetrahedral grids, marching tets, DMTet (pass 2's mesh: :mod:`recon_kit.model.fixed_mesh`;
-mesh clean-up: :mod:`recon_kit.mesh`).
+mesh clean-up: :mod:`recon_kit.mesh`). :class:`LatticeSDF` is what DMTet shares with
+:class:`recon_kit.model.flexicubes.FlexiCubes` (``geometry.method``): the SDF and deformation on the lattice, their
+initialisation, the sign-flip regulariser.
 
 Conventions
   * SDF sign follows nvdiffrec: ``sdf > 0`` is INSIDE (occupied); the surface sits where the sign changes.
@@ -230,30 +232,21 @@ def sdf_reg_weight(t: float, s0: float = 0.2) -> float:
     return s0 - (s0 - 0.01) * min(1.0, 4.0 * float(t))
 
 
-class DMTet(nn.Module):
-    """Deformable marching tets (pass-1 geometry): per-vertex ``sdf`` [N] and ``deform`` [N,3] on a tet grid.
-
-    ``grid`` is a :class:`TetGrid` or a Kuhn resolution (map nvdiffrec's ``dmtet_grid`` with :func:`kuhn_res_for`).
-    The grid spans ``[-mesh_scale/2, mesh_scale/2]^3``; vertices move at most half a cell (module docstring).
-    Topology buffers are not saved in the state dict (regenerated from ``res``).
-    """
+class LatticeSDF(nn.Module):
+    """What DMTet and FlexiCubes share: per-vertex ``sdf`` [N] (> 0 inside) and ``deform`` [N,3] on grid vertices
+    ``v0`` in the unit cube, scaled by ``mesh_scale``, with ``res`` lattice cells per axis and the grid's
+    ``unique_edges`` [E,2] for the sign-flip regulariser. Subclasses register ``v0``/``unique_edges`` (via
+    :meth:`_setup`) and implement ``extract()``; both parameters keep the names they have in checkpoints."""
 
     sdf_reg_weight = staticmethod(sdf_reg_weight)
 
-    def __init__(self, grid: TetGrid | int, mesh_scale: float = 2.1, init: str = "random",
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        if isinstance(grid, int):
-            grid = TetGrid.generate(grid)
-        self.res = grid.res
+    def _setup(self, vertices: torch.Tensor, unique_edges: torch.Tensor, res: int, mesh_scale: float) -> None:
+        self.res = int(res)
         self.mesh_scale = float(mesh_scale)
-        self.register_buffer("v0", grid.vertices.float(), persistent=False)
-        self.register_buffer("tets", grid.tets.long(), persistent=False)
-        self.register_buffer("unique_edges", grid.unique_edges.long(), persistent=False)
-        self.register_buffer("tet_edges", grid.tet_edges.long(), persistent=False)
-        self.sdf = nn.Parameter(torch.zeros(grid.num_vertices, device=grid.vertices.device))
-        self.deform = nn.Parameter(torch.zeros(grid.num_vertices, 3, device=grid.vertices.device))
-        self.init_sdf(init, generator=generator)
+        self.register_buffer("v0", vertices.float(), persistent=False)
+        self.register_buffer("unique_edges", unique_edges.long(), persistent=False)
+        self.sdf = nn.Parameter(torch.zeros(vertices.shape[0], device=vertices.device))
+        self.deform = nn.Parameter(torch.zeros(vertices.shape[0], 3, device=vertices.device))
 
     @property
     def cell_size(self) -> float:
@@ -270,12 +263,16 @@ class DMTet(nn.Module):
         """Deformed world positions [N,3]: ``v0 * mesh_scale + 0.5 * cell_size * tanh(deform)``."""
         return self.v0 * self.mesh_scale + 0.5 * self.cell_size * torch.tanh(self.deform)
 
+    def _reset_shape(self) -> None:
+        """Zero what an SDF (re)initialisation discards besides the SDF: the deformation (and subclass weights)."""
+        self.deform.zero_()
+
     @torch.no_grad()
     def init_sdf(self, kind: str = "random", radius: float | None = None,
                  generator: torch.Generator | None = None) -> None:
         """Reset ``sdf`` (and zero ``deform``): "random" = U(0,1) - 0.1 as nvdiffrec; "sphere" = radius - |x|
         in world units (default radius a quarter of ``mesh_scale``)."""
-        self.deform.zero_()
+        self._reset_shape()
         if kind == "random":
             u = torch.rand(self.sdf.shape, generator=generator, device=generator.device if generator else "cpu")
             self.sdf.copy_(u - 0.1)
@@ -290,7 +287,7 @@ class DMTet(nn.Module):
                                 truncation: float | None = None) -> None:
         """Set ``sdf`` to the signed distance (in grid cells, > 0 inside) of ``occ_fn(points) >= threshold``.
 
-        Only the zero set matters to marching tets; cell units give values of order 1, like nvdiffrec's
+        Only the zero set matters to the extraction; cell units give values of order 1, like nvdiffrec's
         U(0,1) - 0.1 init, so its learning rate (0.03) moves the surface by a fraction of a cell per step
         (world units on a fine grid made every step flip signs and spawn floaters).
 
@@ -302,8 +299,8 @@ class DMTet(nn.Module):
         from scipy.ndimage import distance_transform_edt
 
         if self.v0.shape[0] != (self.res + 1) ** 3:
-            raise ValueError("init_sdf_from_occupancy needs a lattice grid built by TetGrid.generate")
-        self.deform.zero_()
+            raise ValueError("init_sdf_from_occupancy needs a lattice grid (TetGrid.generate, cube_lattice)")
+        self._reset_shape()
         pts = self.v0 * self.mesh_scale
         occ = torch.as_tensor(occ_fn(pts)).reshape(-1).float()
         if occ.shape[0] != pts.shape[0]:
@@ -322,11 +319,6 @@ class DMTet(nn.Module):
             signed = np.clip(signed, -truncation, truncation)
         self.sdf.copy_(torch.from_numpy(signed.reshape(-1)).to(self.sdf))
 
-    def extract(self) -> Mesh:
-        """Marching-tets mesh of the current SDF and deformation (no UVs), differentiable in both."""
-        verts, faces = marching_tets(self.grid_positions(), self.sdf, self.tets, self.unique_edges, self.tet_edges)
-        return Mesh(verts, faces)
-
     def sdf_reg_loss(self) -> torch.Tensor:
         """nvdiffrec's sign-flip regulariser: over grid edges whose SDF signs differ,
         mean of BCEWithLogits(s_i, H(s_j)) + BCEWithLogits(s_j, H(s_i)). Discourages spurious floaters."""
@@ -339,3 +331,31 @@ class DMTet(nn.Module):
         s_i, s_j = self.sdf[e[:, 0]], self.sdf[e[:, 1]]
         return (F.binary_cross_entropy_with_logits(s_i, (s_j > 0).float())
                 + F.binary_cross_entropy_with_logits(s_j, (s_i > 0).float()))
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        """Method-specific regularisers, weighted, by their history names (none for DMTet)."""
+        return {}
+
+
+class DMTet(LatticeSDF):
+    """Deformable marching tets (pass-1 geometry): per-vertex ``sdf`` [N] and ``deform`` [N,3] on a tet grid.
+
+    ``grid`` is a :class:`TetGrid` or a Kuhn resolution (map nvdiffrec's ``dmtet_grid`` with :func:`kuhn_res_for`).
+    The grid spans ``[-mesh_scale/2, mesh_scale/2]^3``; vertices move at most half a cell (module docstring).
+    Topology buffers are not saved in the state dict (regenerated from ``res``).
+    """
+
+    def __init__(self, grid: TetGrid | int, mesh_scale: float = 2.1, init: str = "random",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if isinstance(grid, int):
+            grid = TetGrid.generate(grid)
+        self._setup(grid.vertices, grid.unique_edges, grid.res, mesh_scale)
+        self.register_buffer("tets", grid.tets.long(), persistent=False)
+        self.register_buffer("tet_edges", grid.tet_edges.long(), persistent=False)
+        self.init_sdf(init, generator=generator)
+
+    def extract(self) -> Mesh:
+        """Marching-tets mesh of the current SDF and deformation (no UVs), differentiable in both."""
+        verts, faces = marching_tets(self.grid_positions(), self.sdf, self.tets, self.unique_edges, self.tet_edges)
+        return Mesh(verts, faces)

@@ -98,11 +98,12 @@ class Phase(abc.ABC):
 
 
 class Pass1(Phase):
-    """DMTet surface + hash-grid material field."""
+    """DMTet or FlexiCubes surface (``geometry.method``; either one is ``dmtet`` here and in checkpoints) +
+    hash-grid material field."""
 
     index, final = 0, False
 
-    def __init__(self, dmtet: rk_dmtet.DMTet, field: materials.MaterialField) -> None:
+    def __init__(self, dmtet: rk_dmtet.LatticeSDF, field: materials.MaterialField) -> None:
         self.dmtet, self.field = dmtet, field
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -125,7 +126,9 @@ class Pass1(Phase):
         return 1.0 - (1.0 - depth_end) * t
 
     def regularizers(self, t: float, cfg: ReconConfig) -> dict[str, torch.Tensor]:
-        return {"sdf_reg": rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()}
+        regs = {"sdf_reg": rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()}
+        regs.update(self.dmtet.extra_losses())   # FlexiCubes: L_dev and its weights' magnitude
+        return regs
 
     def empty_mesh_loss(self) -> torch.Tensor:
         return self.dmtet.sdf_reg_loss() + (self.dmtet.sdf - 0.1).abs().mean()

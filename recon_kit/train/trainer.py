@@ -30,6 +30,7 @@ from torch.profiler import record_function
 from recon_kit import evaluate as rk_evaluate
 from recon_kit.io import meshfile
 from recon_kit.model import dmtet as rk_dmtet
+from recon_kit.model.flexicubes import FlexiCubes
 from recon_kit.model.fusion import initial_occupancy
 from recon_kit.model import materials
 from recon_kit.model.camera_refine import CameraRefiner
@@ -136,9 +137,12 @@ class Trainer:
             fit = fit_mesh_scale(self.views.cameras, self.views.mask)
             log.info("%s", fit)
             g.mesh_scale = fit.mesh_scale
-        grid = rk_dmtet.TetGrid.generate(rk_dmtet.kuhn_res_for(g.grid_res), device=self.device)
-        dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init="random" if g.init == "random" else "sphere",
-                                    generator=None).to(self.device)
+        res, init = rk_dmtet.kuhn_res_for(g.grid_res), "random" if g.init == "random" else "sphere"
+        if g.method == "flexicubes":   # same lattice, same checkpoint key ("dmtet") and interface as DMTet
+            dmtet = FlexiCubes(res, g.mesh_scale, init=init, device=self.device).to(self.device)
+        else:
+            grid = rk_dmtet.TetGrid.generate(res, device=self.device)
+            dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init=init, generator=None).to(self.device)
         if g.init == "random":
             dmtet.init_sdf("random", generator=self.generator)
         occupancy = initial_occupancy(g, self.views, self.device)
