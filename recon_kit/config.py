@@ -352,8 +352,9 @@ PRESETS: dict[str, dict] = {
                     "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                     "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
                     "material": {"texture_res": 1024}, "snapshot_every": 100,
-                    # real captures: photo background kept out of the albedo, hand-framed views corrected
-                    "loss": {"edge_px": 8.0}, "cameras": {"refine": True}},
+                    # real captures: photo background kept out of the albedo, hand-framed views corrected, depth
+                    # shapes pass 1 and then hands over to the photos (docs/benchmarks.md section 10: +5.1 dB on the shoe)
+                    "loss": {"edge_px": 8.0, "depth_end": 0.0}, "cameras": {"refine": True}},
     # nvdiffrec's own behaviour as closely as the kit allows (random SDF init, no depth, no camera or edge
     # corrections) at the user's nvdiffrec settings (1024^2, batch 2, grid 128, 5000 + 5000, lr 0.03 / 0.01).
     "seed-nvdiffrec": {"geometry": {"init": "random", "grid_res": 128, "mesh_scale": 2.1, "unwrap_faces": 0},  # NVDIFFREC_BEHAVIOUR +

@@ -37,7 +37,8 @@ class RunLock:
         self.folder, self.fd, self.count = folder, fd, 1
 
     def release(self) -> None:
-        """Drop one hold; the last one unlocks and closes the file (the file itself stays, harmlessly)."""
+        """Drop one hold; the last one empties the file (so the next holder sees no stale entry), unlocks and
+        closes it (the file itself stays, harmlessly)."""
         self.count -= 1
         if self.count > 0 or self.fd < 0:
             return
@@ -45,6 +46,7 @@ class RunLock:
 
         _HELD.pop(self.folder, None)
         try:
+            os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
             os.close(self.fd)
@@ -117,7 +119,7 @@ def _record(folder: Path, fd: int, what: str) -> RunLock:
     if old and old.get("pid") != os.getpid():
         same_host = old.get("host") == platform.node()
         if same_host and isinstance(old.get("pid"), int) and not _pid_alive(old["pid"]):
-            log.warning("run folder %s: took over the stale lock of PID %s (no longer running)", folder, old["pid"])
+            log.warning("%s: took over the stale lock of PID %s (no longer running)", folder, old["pid"])
     info = {"pid": os.getpid(), "host": platform.node(), "what": what, "command": " ".join(sys.argv)[:300],
             "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)

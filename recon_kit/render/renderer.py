@@ -181,12 +181,14 @@ def shade_in_chunks(shader: Callable, chunk: int, maps, lut, *rows, bsdf: str = 
     """``shader(maps, lut, *rows, bsdf)`` over the rows ``chunk`` at a time, each chunk under activation
     checkpointing: its intermediates (the split-sum's ~200 per-pixel tensors) are freed after the forward and
     recomputed in the backward, so peak memory holds one chunk's instead of every covered pixel's. Same values
-    and gradients as one call (``rows`` entries may be None)."""
-    from torch.utils.checkpoint import checkpoint
+    and gradients as one call (``rows`` entries may be None). Checkpoint early-stop is off: it stops a
+    recomputation by raising inside ``shader``, which the compiled shader would take for a compiler failure."""
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
     n = rows[0].shape[0]
-    parts = [checkpoint(shader, maps, lut, *(None if r is None else r[s:s + chunk] for r in rows), bsdf,
-                        use_reentrant=False) for s in range(0, n, chunk)]
+    with set_checkpoint_early_stop(False):
+        parts = [checkpoint(shader, maps, lut, *(None if r is None else r[s:s + chunk] for r in rows), bsdf,
+                            use_reentrant=False) for s in range(0, n, chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

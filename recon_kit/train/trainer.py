@@ -505,11 +505,12 @@ class Trainer:
         rows = []
         for i in range(len(views)):
             m = views.mask[i, ..., None]
-            ref = linear_to_srgb((views.rgb_linear[i] * m + bg * (1 - m)).clamp(0, 1)).cpu().numpy()
-            pred = linear_to_srgb(out["rgb_linear"][i].clamp(0, 1)).cpu().numpy()
-            mk = views.mask[i].cpu().numpy() > 0.5
+            ref = linear_to_srgb((views.rgb_linear[i] * m + bg * (1 - m)).clamp(0, 1))
+            pred = linear_to_srgb(out["rgb_linear"][i].clamp(0, 1))
+            mk = views.mask[i] > 0.5
             rows.append({"view": views.names[i], "psnr": rk_evaluate.psnr(pred, ref), "psnr_masked": rk_evaluate.psnr(pred, ref, mk),
-                         "ssim": rk_evaluate.ssim(pred, ref), "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk)})
+                         "ssim": rk_evaluate.ssim(pred, ref),  # on the render device: float64 SSIM at 1024^2 takes ~20 s on a CPU
+                         "iou": rk_evaluate.silhouette_iou(out["alpha"][i, ..., 0].cpu().numpy() > 0.5, mk.cpu().numpy())})
         if views.depth is not None:
             interior, _ = edge_weights(views, self.cfg.loss.edge_px * views.rgb_linear.shape[2] / 1024)
             for i, r in enumerate(rows):
