@@ -43,8 +43,6 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 
 
 import torch  # noqa: E402  (after the NCCL environment default)
-
-
 import torch.distributed as dist  # noqa: E402
 from recon_kit.config import resolve
 from recon_kit.data.dataset import load_viewset
@@ -65,9 +63,7 @@ from recon_kit.train.guard import remember_good
 log = logging.getLogger(__name__)
 
 
-__all__ = ["DistContext", "init_from_env", "cleanup", "build_trainer", "train_loop", "broadcast_model",
-           "sync_state_from_rank0", "fingerprint", "assert_in_sync", "rank_seed", "torchrun_command", "launch",
-           "main"]
+__all__ = ["build_trainer", "train_loop", "run_summary", "train_distributed", "torchrun_command", "launch"]
 
 
 # ---- trainer ---------------------------------------------------------------------------------------------------

@@ -439,12 +439,13 @@ class Trainer:
         if self.cam_refiner is not None and "cam_refiner" in state:
             self.cam_refiner.load_state_dict(state["cam_refiner"])
             self.opt_cam.load_state_dict(state["opt_cam"])
-        self.generator.set_state(state["generator"])
+        # RNG states are CPU byte tensors; a checkpoint loaded with map_location="cuda" holds them on the GPU
+        self.generator.set_state(state["generator"].cpu())
         if "bg_generator" in state:
-            self.bg_generator.set_state(state["bg_generator"])
-        torch.set_rng_state(state["torch_rng"])
+            self.bg_generator.set_state(state["bg_generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.history = list(state["history"])
         self.timings = dict(state["timings"])
         self._order = list(state["order"])
