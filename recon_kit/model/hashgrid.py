@@ -79,29 +79,51 @@ def _scatter(idx: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, n_rows: int
 
 
 class _HashGridFunction(torch.autograd.Function):
-    """Trilinear hash-grid lookup with an ``index_add_`` backward; no gradient w.r.t. the positions."""
+    """Trilinear hash-grid lookup with an ``index_add_`` backward; no gradient w.r.t. the positions.
+
+    The backward needs each point's 8 corner rows and weights per level (64 bytes a point and level, ~1 KB a
+    point at 16 levels). Up to ``chunk`` points they are kept from the forward; above it (``chunk`` > 0) only the
+    positions are kept and both passes run ``chunk`` points at a time, the backward looking the corners up again:
+    memory O(chunk) instead of O(points), one more lookup in the backward.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, table: torch.Tensor, res: torch.Tensor, factor: torch.Tensor,
                 mask: torch.Tensor, offset: torch.Tensor, n_dense: int, grad_scale: float,
-                gather: Callable, scatter: Callable) -> torch.Tensor:
+                gather: Callable, scatter: Callable, chunk: int = 0) -> torch.Tensor:
         n_levels, _, n_feat = table.shape
-        out, idx, w = gather(x, table, res, factor, mask, offset, n_dense)
-        ctx.save_for_backward(idx, w)
-        ctx.table_shape, ctx.grad_scale, ctx.scatter = table.shape, grad_scale, scatter
+        lookup = (table, res, factor, mask, offset, n_dense)
+        ctx.table_shape, ctx.grad_scale, ctx.gather, ctx.scatter = table.shape, grad_scale, gather, scatter
+        ctx.chunk = chunk if 0 < chunk < x.shape[0] else 0
+        if ctx.chunk:
+            out = torch.cat([gather(x[s:s + chunk], *lookup)[0] for s in range(0, x.shape[0], chunk)], 1)
+            ctx.save_for_backward(x, table, res, factor, mask, offset)   # references: no copies
+            ctx.n_dense = n_dense
+        else:
+            out, idx, w = gather(x, *lookup)
+            ctx.save_for_backward(idx, w)
         return out.permute(1, 0, 2).reshape(x.shape[0], n_levels * n_feat)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_table = None
         if ctx.needs_input_grad[1]:
-            idx, w = ctx.saved_tensors
             n_levels, size, n_feat = ctx.table_shape
             g = grad_out.reshape(-1, n_levels, n_feat).permute(1, 0, 2)        # [L,N,F]
             if ctx.grad_scale != 1.0:
                 g = g * ctx.grad_scale
-            grad_table = ctx.scatter(idx, w, g, n_levels * size).view(n_levels, size, n_feat)
-        return None, grad_table, None, None, None, None, None, None, None, None
+            if ctx.chunk:
+                x, table, res, factor, mask, offset = ctx.saved_tensors
+                grad_table = None
+                for s in range(0, x.shape[0], ctx.chunk):
+                    _, idx, w = ctx.gather(x[s:s + ctx.chunk], table, res, factor, mask, offset, ctx.n_dense)
+                    part = ctx.scatter(idx, w, g[:, s:s + ctx.chunk], n_levels * size)
+                    grad_table = part if grad_table is None else grad_table.add_(part)
+            else:
+                idx, w = ctx.saved_tensors
+                grad_table = ctx.scatter(idx, w, g, n_levels * size)
+            grad_table = grad_table.view(n_levels, size, n_feat)
+        return None, grad_table, None, None, None, None, None, None, None, None, None
 
 
 class HashGridEncoder(nn.Module):
@@ -120,13 +142,17 @@ class HashGridEncoder(nn.Module):
     which fuses the ~20 elementwise index/weight ops into a few kernels (H100, 1M points: 4.8 vs 12 ms fwd+bwd).
     The first call compiles (~15 s) and warms up on 2**18 points (a 64-point warm-up left the gather tuned
     for tiny inputs: 9x slower at 1M points); if compilation fails the encoder logs a warning and stays eager.
+    Calls on more than ``point_chunk`` points (default 2**21, above a 1024², batch-2 step's ~0.8M covered pixels;
+    0 = never) keep ~12 bytes a point for the backward instead of ~1 KB, looking the corners up again there
+    (2048², batch 6 is ~10M points: ~10 GB less per field evaluation).
     """
 
     def __init__(self, n_levels: int = 16, n_features: int = 2, log2_table: int = 19, base_res: int = 16,
                  max_res: int = 4096, grad_scale: float = 1.0, compile: bool | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, point_chunk: int = 1 << 21):
         super().__init__()
         self.compile = compile
+        self.point_chunk = int(point_chunk)
         self._compiled: tuple[Callable, Callable] | None = None
         if n_levels < 1 or n_levels * 2 ** log2_table >= 2 ** 31 or max_res < base_res:
             raise ValueError("need n_levels >= 1, max_res >= base_res and n_levels * 2**log2_table < 2**31")
@@ -186,7 +212,7 @@ class HashGridEncoder(nn.Module):
         flat = x.detach().reshape(-1, 3).float().clamp(0.0, 1.0)
         gather, scatter = self._kernels(flat.device)
         out = _HashGridFunction.apply(flat, self.table, self.res, self.factor, self.mask, self.offset,
-                                      self.n_dense, self.grad_scale, gather, scatter)
+                                      self.n_dense, self.grad_scale, gather, scatter, self.point_chunk)
         return out.view(*lead, self.n_output_dims)
 
     def extra_repr(self) -> str:
