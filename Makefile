@@ -51,6 +51,7 @@ demo: $(STAMP)
 	$(PY) -m recon_kit.cli demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check recon_kit scripts tests
 	$(VENV)/bin/lint-imports --no-cache
 	@echo 'OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "$(PYTEST_MARK)" --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)'
 	@rc=0; OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "$(PYTEST_MARK)" --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS) || rc=$$?; \

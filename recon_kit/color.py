@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 
-
 import numpy as np
 import torch
-
-
-
-
-
-
 
 
 def srgb_to_linear(x):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from recon_kit.color import linear_to_srgb
 from recon_kit.data.dataset import ViewSet
 from recon_kit.mesh import Mesh
 
+if TYPE_CHECKING:  # annotations only; imported where used
+    import trimesh
 
 
 ArrayLike = Union[np.ndarray, torch.Tensor]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 
-
 import torch
 import torch.nn.functional as F
 
 from recon_kit.color import linear_to_srgb, tonemap_srgb_log
 from recon_kit.data.dataset import ViewSet
-
-
 
 
 def color_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

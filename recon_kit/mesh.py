@@ -161,7 +161,6 @@ def load_mesh(path: str | Path, device=None) -> tuple[Mesh, np.ndarray | None]:
     return mesh, image
 
 
-
 def _reindex(idx: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Used-entry mask [count] and ``idx`` renumbered to the used entries only (a cumsum, no sort)."""
     used = torch.zeros(count, dtype=torch.bool, device=idx.device)

@@ -51,18 +51,6 @@ QUICK = {"resolutions": [64], "grid_res": 32, "preset": "cpu-small",
 DEMO_CPU_OVERRIDES = {"pass1.iterations": 400, "pass2.iterations": 100}
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _pick(declared: Mapping[str, Any], notebook: str, *candidates: str) -> str:
     """The first of ``candidates`` the notebook declares (the first is the contract name, the rest aliases)."""
     for c in candidates:

@@ -37,21 +37,6 @@ from recon_kit.io.transforms import load_cameras, transforms_path, write_correct
 from recon_kit.model.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @dataclass
 class Flag:
     """One problem found: ``view`` (None for the whole set), ``kind`` and a message that says what to do."""
@@ -534,16 +519,6 @@ def predicted_silhouettes(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0)
     votes = view_votes(cams, m, bounds, res, m.device)
     pred = torch.stack([project_silhouette(_loo_hull(votes, [i]), c) for i, c in enumerate(cams)])
     return pred, m
-
-
-
-
-
-
-
-
-
-
 
 
 REPORT_FILE = "report.txt"

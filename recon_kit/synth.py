@@ -48,7 +48,6 @@ from recon_kit.io.images import DataError, encode_depth_uint8
 from recon_kit.io.meshfile import write_obj
 
 
-
 #: Where the shared read-only assets live: ``../shared`` beside the project root.
 SHARED_DIR: Path = Path(__file__).resolve().parents[2] / "shared"
 

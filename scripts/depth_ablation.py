@@ -10,7 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-from recon_kit import config
 from recon_kit.data import dataset as rk_dataset
 from recon_kit import evaluate
 from recon_kit.runs import run as rk_run

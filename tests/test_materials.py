@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from recon_kit.model import hashgrid
-from recon_kit.model import materials
 from recon_kit.model.hashgrid import HashGridEncoder, make_encoder, tcnn_available
 from recon_kit.model.materials import MaterialField, Texture2D, TexturedMaterial
 

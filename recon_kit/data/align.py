@@ -16,10 +16,6 @@ from recon_kit.io.images import resize_area
 from recon_kit.data.capture import Similarity
 
 
-
-
-
-
 def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.maximum(a, b).sum()
     return 1.0 if union == 0 else float(np.minimum(a, b).sum() / union)

@@ -25,9 +25,6 @@ from recon_kit.io.validate import case_clashes, is_greyscale
 from scipy import ndimage as ndi
 
 
-
-
-
 @dataclass
 class CaptureView:
     """One view of a capture, everything at the photo's (possibly downscaled) size ``W x H``."""
@@ -93,8 +90,6 @@ def _order_views(names: Iterable[str]) -> list[str]:
     names = list(names)
     canonical = [v for v in AXIS_VIEWS if v in names]
     return canonical + sorted(n for n in names if n not in AXIS_VIEWS)
-
-
 
 
 def _capture_images(folder: Path) -> dict[str, Path]:
@@ -188,8 +183,6 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
         cam.name = n
         out.append(CaptureView(n, rgb, cam, images[n], alpha, depth, depth_path))
     return Capture(folder, out, pose_source, notes=notes)
-
-
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,6 @@ from recon_kit.io.fsio import check_writable, naming
 from recon_kit.io.overwrite import check_clearable, clear, mark
 
 
-
 def _check_outputs(output_dir: Path, resolutions: Sequence[int], overwrite: bool) -> dict[int, Path]:
     targets = {int(r): Path(output_dir) / str(int(r)) for r in resolutions}
     if not targets or min(targets) < 1:

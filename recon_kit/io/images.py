@@ -10,12 +10,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
-
-
-
-
-
-
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 
 

@@ -28,11 +28,9 @@ from recon_kit.mesh import Mesh, vertex_normals
 from recon_kit.io.files import shareable
 
 
-
 from PIL import Image
 
 from recon_kit.color import linear_to_srgb, srgb_to_linear
-
 
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -45,10 +43,6 @@ KD_NAME, KS_NAME, NORMAL_NAME, PROBE_NAME = "texture_kd.png", "texture_ks.png", 
 
 
 OUTPUT_NAMES = (OBJ_NAME, MTL_NAME, KD_NAME, KS_NAME, NORMAL_NAME, PROBE_NAME)
-
-
-
-
 
 
 def _image(x: ArrayLike, name: str, channels: tuple[int, ...] = (3,)) -> np.ndarray:

@@ -21,10 +21,6 @@ import warnings
 from typing import Literal
 
 
-
-
-
-
 def _clean_matrix(m: np.ndarray) -> list[list[float]]:
     m = np.where(np.abs(m) < 1e-12, 0.0, np.round(m, 12)) + 0.0
     return m.tolist()

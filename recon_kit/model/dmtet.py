@@ -37,7 +37,6 @@ from torch import nn
 from recon_kit.mesh import Mesh
 
 
-
 # Local tet edges (vertex pairs); marching-tets tables below index this list.
 TET_EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 

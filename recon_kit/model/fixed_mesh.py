@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 
-
 import torch
 from torch import nn
 
 from recon_kit.mesh import Mesh, laplacian_loss
-
 
 
 class FixedMesh(nn.Module):

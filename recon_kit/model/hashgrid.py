@@ -19,7 +19,6 @@ from recon_kit.render.compile_cache import use_compile_cache
 log = logging.getLogger(__name__)
 
 
-
 # Spatial-hash primes of Instant-NGP (the first is 1 so that neighbouring x stay in one cache line).
 _PRIMES = (1, 2654435761, 805459861)
 

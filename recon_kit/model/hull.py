@@ -25,7 +25,6 @@ import trimesh
 from recon_kit.cameras import Camera
 
 
-
 def resolve_bounds(bounds) -> np.ndarray:
     """Box ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` from a ``(lo, hi)`` pair, a ``[2,3]`` array, or a float.
 

@@ -25,7 +25,6 @@ from recon_kit.model.hashgrid import _default_device
 from recon_kit.model.hashgrid import make_encoder
 
 
-
 log = logging.getLogger(__name__)
 
 

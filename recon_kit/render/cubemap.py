@@ -13,8 +13,6 @@ import numpy as np
 import torch
 
 
-
-
 FACE_NAMES: tuple[str, ...] = ("+x", "-x", "+y", "-y", "+z", "-z")
 
 

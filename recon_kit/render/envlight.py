@@ -65,7 +65,6 @@ from recon_kit.render.shading import fg_lut
 from recon_kit.render.shading import split_sum
 
 
-
 @dataclass
 class MipLevel:
     """One specular level: its resolution, the resolution its GGX filter runs at, and its roughness."""
@@ -269,8 +268,6 @@ def load_probe(path: str | Path, res: int = 256, device=None, **kw) -> EnvLight:
 
         img = np.asarray(iio.imread(path), dtype=np.float32)[..., :3]
     return EnvLight.from_latlong(img, res=res, device=device, **kw)
-
-
 
 
 def shade(light: EnvLight, gb_pos: torch.Tensor, gb_normal: torch.Tensor, kd: torch.Tensor, ks: torch.Tensor,

@@ -47,8 +47,6 @@ class Rasterizer(Protocol):
                   tri: torch.Tensor) -> torch.Tensor: ...
 
 
-
-
 def nvdiffrast_available() -> bool:
     """True when CUDA is present and the ``nvdiffrast`` package can be found (the plugin is built lazily)."""
     if not torch.cuda.is_available():

@@ -29,7 +29,6 @@ from recon_kit.render.raster import Rasterizer
 from recon_kit.render.compile_cache import use_compile_cache
 
 
-
 log = logging.getLogger(__name__)
 
 

@@ -16,7 +16,6 @@ from recon_kit.render.cubemap import _safe_normalize
 from recon_kit.render.cubemap import dir_to_face_uv
 
 
-
 MIN_ROUGHNESS = 0.08
 
 
@@ -145,10 +144,6 @@ def prefiltered_at(maps: ShadingMaps, dirs: torch.Tensor, roughness: torch.Tenso
     i_lo, w_lo = _bilinear_taps(face, uv, maps.sizes[lo], maps.offsets[lo])
     i_hi, w_hi = _bilinear_taps(face, uv, maps.sizes[hi], maps.offsets[hi])
     return _gather_weighted(maps.spec_flat, torch.cat((i_lo, i_hi), -1), torch.cat((w_lo * (1 - t), w_hi * t), -1))
-
-
-
-
 
 
 def split_sum(maps: ShadingMaps, lut: torch.Tensor, gb_pos: torch.Tensor, gb_normal: torch.Tensor,

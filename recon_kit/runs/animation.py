@@ -17,7 +17,6 @@ from recon_kit.runs.folder import read_json, snapshot_key
 from recon_kit.runs.folder import snapshots
 
 
-
 log = logging.getLogger(__name__)
 
 
@@ -49,8 +48,6 @@ def label_frame(image: np.ndarray, text: str) -> np.ndarray:
     draw.rectangle((0, 0, min(img.width, right - left + 3 * pad), bottom - top + 2 * pad), fill=(0, 0, 0, 160))
     draw.text((pad - left, pad - top), text, fill=(255, 255, 255, 255), font=font)
     return np.asarray(img)
-
-
 
 
 def training_animation(run_dir: str | os.PathLike[str], fps: float = 4.0, mp4: bool = True,

@@ -46,8 +46,6 @@ from recon_kit.io.overwrite import check_clearable, clear, mark
 log = logging.getLogger(__name__)
 
 
-
-
 def _jsonable(x: Any) -> Any:
     """Plain-JSON version of metric values: numpy/torch scalars to Python, non-finite floats to None."""
     if isinstance(x, Mapping):

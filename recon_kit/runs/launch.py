@@ -25,7 +25,6 @@ What is replicated and what is reduced (the :class:`recon_kit.train.trainer.Trai
 
 from __future__ import annotations
 
-
 import json
 import logging
 import os
@@ -36,29 +35,29 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-
-
 # The lent multi-GPU machines must not use NVLink multicast (NVLS); NCCL reads this when a communicator is made.
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 
 
 import torch  # noqa: E402  (after the NCCL environment default)
 import torch.distributed as dist  # noqa: E402
+
 from recon_kit.config import resolve
 from recon_kit.data.dataset import load_viewset
 from recon_kit.runs.run import finish
-from recon_kit.train.parallel import DistContext
-from recon_kit.train.parallel import _raise_if_any_failed
-from recon_kit.train.parallel import _reseed
-from recon_kit.train.parallel import assert_in_sync
-from recon_kit.train.parallel import barrier
-from recon_kit.train.parallel import broadcast_model
-from recon_kit.train.parallel import cleanup
-from recon_kit.train.parallel import init_from_env
-from recon_kit.train.parallel import sync_state_from_rank0
-from recon_kit.train.parallel import _gather
 from recon_kit.train.guard import remember_good
-
+from recon_kit.train.parallel import (
+    DistContext,
+    _gather,
+    _raise_if_any_failed,
+    _reseed,
+    assert_in_sync,
+    barrier,
+    broadcast_model,
+    cleanup,
+    init_from_env,
+    sync_state_from_rank0,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +81,8 @@ def build_trainer(ctx: DistContext, cfg, views, run_dir: str | Path | None, resu
     that same file (the run folder is on a filesystem every rank sees; if a rank cannot read it, rank 0's state is
     broadcast instead). Either way the replicas are then checked to be identical.
     """
-    from recon_kit.train.trainer import Trainer
     from recon_kit.runs.run import new_trainer
+    from recon_kit.train.trainer import Trainer
 
     for name in ("pass1", "pass2"):
         batch = getattr(cfg, name).batch

@@ -39,7 +39,6 @@ from recon_kit.train.trainer import Trainer
 from recon_kit.runs.folder import _read_history, read_json
 
 
-
 def new_trainer(cfg: ReconConfig, views: ViewSet, run_dir: str | Path | None, resume: bool = False,
                 overwrite: bool = False, allow_changes: bool = False, inputs: dict | None = None) -> Trainer:
     """A trainer writing into ``run_dir`` (created now; never silently overwritten), resumed when asked.
@@ -180,7 +179,7 @@ def write_camera_file(cameras: list, path: str | Path) -> Path:
 log = logging.getLogger(__name__)
 
 
-__all__ = ["Run", "load_run", "mesh_facts", "evaluate_against_gt", 
+__all__ = ["Run", "load_run", "mesh_facts", "evaluate_against_gt",
            "find_dataset_dir", "GT_KEYS"]
 
 

@@ -35,7 +35,6 @@ The command line: ``recon-kit sweep --dataset D --grid pass1.lr_mat=0.01,0.03 --
 
 from __future__ import annotations
 
-
 import io
 import json
 import logging
@@ -46,33 +45,24 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from recon_kit.runs.folder import snapshot_key, snapshots  # noqa: F401
-from recon_kit.runs.table import _scalars
-from recon_kit.runs.table import list_runs
-from recon_kit.runs.table import load_runs
-from recon_kit.runs.table import read_run
-from recon_kit.runs.folder import ERROR_FILE, MANIFEST, STOPPED_FILE, read_json, _utc_now, _write_json
+from recon_kit.runs.folder import (
+    ERROR_FILE,
+    MANIFEST,
+    STOPPED_FILE,
+    _utc_now,
+    _write_json,
+    read_json,
+)
 from recon_kit.runs.params import SweepError, _Planned, _sanitise, grid_params, run_name  # noqa: F401
+from recon_kit.runs.table import _scalars, list_runs, load_runs, read_run
 
-
-
-__all__ = [
-    "EXPORTS", "MANIFEST", "ERROR_FILE", "RunRecord", "Sweep", "SweepError", "grid_params", "run_name",
-    "is_run_dir", "list_runs", "read_run", "load_runs", "load_history", "load_histories", "filter_runs",
-    "sort_runs", "best_run", "summary", "param_columns", "metric_columns", "varying_columns", "demo_dataset",
-]
+__all__ = ["Sweep", "SweepError", "demo_dataset", "grid_params", "parse_grid_values", "run_name"]
 
 
 log = logging.getLogger(__name__)
 
 
-
-
-
-
 NOTEBOOK_FOLDER = "notebooks"  # papermill engine: executed copies of 03_train, one per run
-
-
 
 
 # ---- the demo dataset for sweeps -----------------------------------------------------------------------
@@ -81,8 +71,8 @@ def demo_dataset(folder: str | os.PathLike[str], resolution: int = 128, capture_
 
     Returns ``folder`` (which holds ``<resolution>/transforms.json``) to pass as a sweep's ``dataset_dir``.
     """
-    from recon_kit.data import dataset as rk_dataset
     from recon_kit import synth
+    from recon_kit.data import dataset as rk_dataset
 
     folder = Path(folder)
     if not (folder / str(resolution) / "transforms.json").exists():

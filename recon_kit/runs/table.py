@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-
 import json
 import math
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recon_kit.config import ReconConfig
+from recon_kit.runs.folder import (
+    ERROR_FILE,
+    EXPORTS,
+    MANIFEST,
+    STOPPED_FILE,
+    _jsonable,
+    read_json,
+    snapshots,
+    write_metrics_json,
+)
 
-
-import os
-from collections.abc import Mapping
-from typing import Any
-
-
-
-
-from dataclasses import field
-
-
-
-
-from collections.abc import Callable, Iterable, Sequence
-
-from recon_kit.runs.folder import snapshot_key, snapshots  # noqa: F401
-from recon_kit.runs.folder import ERROR_FILE, STOPPED_FILE
-from recon_kit.runs.folder import EXPORTS
-from recon_kit.runs.folder import MANIFEST
-from recon_kit.runs.folder import _jsonable
-from recon_kit.runs.folder import write_metrics_json
-from recon_kit.runs.folder import read_json
-
+if TYPE_CHECKING:  # annotations only; imported where used
+    import pandas
 
 
 def metrics_table(run: Any, keys: tuple[str, ...] | None = None, reload: bool = True):

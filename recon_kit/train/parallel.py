@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 
-
 import datetime as _dt
 import os
 from typing import Any
@@ -17,7 +16,6 @@ import logging
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
-
 
 
 def _world() -> tuple[int, int]:

@@ -51,7 +51,6 @@ from recon_kit.losses import depth_loss
 from recon_kit.losses import edge_weights
 
 
-
 log = logging.getLogger(__name__)
 
 

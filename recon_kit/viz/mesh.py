@@ -10,7 +10,7 @@ import io
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import TYPE_CHECKING, Iterator, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from recon_kit.color import linear_to_srgb
 from recon_kit.io.meshfile import split_uv_seams
 from recon_kit.viz.k3d_view import open_upright
 from recon_kit.mesh import Mesh, vertex_normals
+
+if TYPE_CHECKING:  # annotations only; imported where used
+    import k3d
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 

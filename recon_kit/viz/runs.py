@@ -32,7 +32,6 @@ __all__ = ["training_animation", "label_frame", "metric_vs_params", "loss_overla
            "split_snapshot", "compare_views", "GIF_NAME", "MP4_NAME"]
 
 
-
 # ---- training animation ---------------------------------------------------------------------------------
 # ---- tables to figures --------------------------------------------------------------------------------
 def _as_table(runs):
