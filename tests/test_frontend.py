@@ -75,3 +75,7 @@ def test_panel_exposes_the_real_capture_switches():
     panel.controls["loss.edge_px"].value = 8.0
     panel.controls["loss.depth_end"].value = 0.5
     assert cfg.cameras.refine is True and cfg.loss.edge_px == 8.0 and cfg.loss.depth_end == 0.5
+    assert isinstance(panel.controls["geometry.method"], W.Dropdown)
+    panel.controls["geometry.method"].value = "flexicubes"
+    panel.controls["geometry.init"].value = "depth"
+    assert cfg.geometry.method == "flexicubes" and cfg.geometry.init == "depth"

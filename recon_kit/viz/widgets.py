@@ -22,8 +22,10 @@ LIVE = ("pass1.lr_pos", "pass1.lr_mat", "pass2.lr_pos", "pass2.lr_mat", "loss.co
         "loss.occlusion", "loss.light_reg", "loss.depth", "geometry.laplace_scale", "geometry.sdf_regularizer",
         "pass1.batch", "pass2.batch", "loss.depth_end")
 
-#: (key, kind, min, max, step) of the sliders and fields the panel shows.
+#: (key, kind, min, max, step) of the sliders and fields the panel shows; a "choice" has its options in place of min.
 CONTROLS = (
+    ("geometry.method", "choice", ("dmtet", "flexicubes"), None, None),
+    ("geometry.init", "choice", ("hull", "depth", "sphere", "random"), None, None),
     ("pass1.iterations", "int", 0, 10000, 10), ("pass2.iterations", "int", 0, 10000, 10),
     ("pass1.lr_pos", "log", -4, -0.5, 0.05), ("pass1.lr_mat", "log", -4, -0.5, 0.05),
     ("pass2.lr_pos", "log", -4, -0.5, 0.05), ("pass2.lr_mat", "log", -4, -0.5, 0.05),
@@ -121,6 +123,8 @@ class TrainingPanel:
                 w = W.Text(value=str(value), description=desc, style=style, continuous_update=False)
             elif kind == "bool":
                 w = W.Checkbox(value=bool(value), description=desc, style=style, indent=False)
+            elif kind == "choice":
+                w = W.Dropdown(options=list(lo), value=value, description=desc, style=style)
             elif kind == "int":
                 w = W.IntSlider(value=value, min=lo, max=max(hi, value), step=step, description=desc, style=style,
                                 continuous_update=False)
