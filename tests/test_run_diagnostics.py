@@ -1,4 +1,4 @@
-"""scripts/depth_agreement.py: per-view depth-map agreement with a finished run's mesh (CPU, tiny run)."""
+"""scripts/depth_agreement.py and scripts/psnr_bands.py: diagnostics of a finished run (CPU, tiny run)."""
 
 import sys
 from pathlib import Path
@@ -11,6 +11,7 @@ from recon_kit.runs import run as rk_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import depth_agreement  # noqa: E402
+import psnr_bands  # noqa: E402
 
 
 def test_fit_recovers_an_affine_encoding_exactly():
@@ -30,3 +31,8 @@ def test_agreement_of_a_tiny_run(demo_dataset, tmp_path):
     rows = depth_agreement.agreement(tmp_path / "run", data, erode=1)
     assert [r["view"] for r in rows] == tr.views.names
     assert all(r["pixels"] > 0 and np.isfinite(r["fit_depth"]["rms"]) for r in rows)
+    bands = psnr_bands.bands(tmp_path / "run", data, band_px=2, light_res=32)
+    logged = {r["view"]: r["psnr"] for r in tr.evaluate()["train_views"]}
+    for r in bands:
+        assert abs(r["psnr_full"] - logged[r["view"]]) < 1.0      # the re-render is the evaluation's render
+        assert 0 <= r["band_error_share"] <= 1 and np.isfinite(r["psnr_outside_band"])
