@@ -15,7 +15,7 @@ _API = {
     "recon_kit.config": ["ReconConfig", "resolve", "preset"],
     "recon_kit.color": ["linear_to_srgb", "srgb_to_linear"],
     "recon_kit.data.capture": ["load_capture"],
-    "recon_kit.data.masks": ["compute_masks", "foreground_masks", "mask_agreement"],
+    "recon_kit.data.masks": ["compute_masks", "foreground_masks", "mask_agreement", "trim_masks"],
     "recon_kit.data.align": ["align_capture"],
     "recon_kit.data.dataset": ["ViewSet", "load_viewset", "write_dataset", "prepare_dataset"],
     "recon_kit.io.video": ["write_gif", "write_mp4"],

@@ -185,6 +185,8 @@ class Prepare:
     """Where masks come from: depth > 0, the photos' alpha, or a near-white background."""
     align: bool = False
     """Move each depth map onto its photo (shift + uniform scale maximising mask IoU)."""
+    trim_px: float = 0.0
+    """Trim each mask's rim (this many px at 1024 px width) where the photo shows its background (0 = off)."""
     camera_angle_x: float = 0.85
     """Horizontal field of view (radians) of the axis rig, used without transforms.json."""
     distance: float = 3.0
@@ -204,7 +206,7 @@ class Prepare:
 
         result = prepare_dataset(src, output_dir, self.resolutions, mask_source=self.mask_source,
                                  align=self.align, camera_angle_x=self.camera_angle_x, distance=self.distance,
-                                 overwrite=self.overwrite, allow_missing=self.allow_missing)
+                                 overwrite=self.overwrite, allow_missing=self.allow_missing, trim_px=self.trim_px)
         print(f"prepared dataset: {result if result is not None else output_dir}")
         return 0
 

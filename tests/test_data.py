@@ -525,3 +525,25 @@ def test_shoe_dataset_matches_reference_transforms(shoe_capture, shoe_dir, tmp_p
     vs = rk_dataset.load_viewset(tmp_path / "shoe", resolution=64)
     assert vs.rgb_linear.shape == (6, 64, 64, 3) and 0.05 < float(vs.mask.mean()) < 0.4
     assert vs.depth is not None and int(vs.depth.max()) == 255
+
+
+def test_trim_to_photo_removes_only_the_background_rim():
+    """A depth mask 3 px larger than the photo's object loses that rim; a white patch inside the object (not
+    connected to the outside) and a white object part deeper than the rim are kept."""
+    rgb = np.full((60, 60, 3), 255, np.uint8)
+    rgb[15:45, 15:45] = (200, 30, 30)                 # the object in the photo
+    rgb[25:30, 25:30] = 255                           # a white patch inside it
+    rgb[15:45, 40:45] = 250                           # a white part of the object touching the background
+    depth_mask = np.zeros((60, 60), bool)
+    depth_mask[12:48, 12:48] = True                   # 3 px too large on every side
+    out = rk_masks.trim_to_photo(depth_mask, rgb, rim_px=4)
+    assert not out[12:15].any() and not out[45:48].any() and not out[:, 12:15].any()
+    assert out[15:45, 15:40].all()                    # the object and its inner white patch stay
+    assert out[20:40, 40:44].all() and not out[20:40, 44:48].any()   # white part: only the rim (4 px) goes
+    assert rk_masks.trim_to_photo(depth_mask, rgb, rim_px=0) is not None
+    assert (rk_masks.trim_to_photo(depth_mask, rgb, rim_px=0) == depth_mask).all()
+
+
+def test_prepare_dataset_trims_masks_and_says_how_much(capture_dir, tmp_path):
+    res = rk_dataset.prepare_dataset(capture_dir, tmp_path / "data", [32], progress=False, trim_px=8)
+    assert any("mask pixels trimmed" in n for n in res.notes)

@@ -50,6 +50,7 @@ from recon_kit.io.images import fit_size
 from recon_kit.data.masks import foreground_masks
 from recon_kit.data.capture import load_capture
 from recon_kit.data.masks import mask_agreement
+from recon_kit.data.masks import trim_masks
 from recon_kit.io.images import read_depth
 from recon_kit.io.images import read_rgb
 from recon_kit.io.transforms import read_transforms
@@ -179,11 +180,14 @@ class PrepareResult:
 def prepare_dataset(input_dir: str | Path, output_dir: str | Path, resolutions: Iterable[int] = (512,), *,
                     mask_source: MaskSource = "depth", align: bool = False, camera_angle_x: float = 0.85,
                     distance: float = 3.0, overwrite: bool = False, missing: Missing = "error",
-                    max_size: int | None = None, progress: bool = True, allow_missing: bool = False) -> PrepareResult:
+                    max_size: int | None = None, progress: bool = True, allow_missing: bool = False,
+                    trim_px: float = 0.0) -> PrepareResult:
     """Capture folder to prepared dataset in one call (what notebook 01 does step by step).
 
     Every frame is checked first (:mod:`recon_kit.io.validate`); a photo or frame without its counterpart is an
-    error unless ``allow_missing`` (then it is skipped with a warning).
+    error unless ``allow_missing`` (then it is skipped with a warning). ``trim_px`` > 0 trims, after the
+    alignment, each mask's rim where the photo shows its background (:func:`recon_kit.data.masks.trim_masks`;
+    pixels at 1024 px image width).
     """
     resolutions = list(resolutions)
     missing = "warn" if allow_missing else missing
@@ -199,6 +203,7 @@ def prepare_dataset(input_dir: str | Path, output_dir: str | Path, resolutions: 
     before = mask_agreement(capture, fg) if fg else {}
     if align and fg:
         capture = align_capture(capture, fg, progress=progress)
+    capture = trim_masks(capture, trim_px)
     after = mask_agreement(capture, fg) if fg else {}
     folders = write_dataset(capture, output_dir, resolutions, overwrite=overwrite, progress=progress)
     return PrepareResult(folders, before, after, capture.notes)
