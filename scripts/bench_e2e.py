@@ -112,7 +112,7 @@ def _finite(value) -> float | None:
 
 
 def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int | None, overwrite: bool,
-        progress: bool = True, mask_source: str = "depth", align: bool = False) -> dict:
+        progress: bool = True, mask_source: str = "depth", align: bool = False, trim_px: float = 0.0) -> dict:
     """The benchmark itself (see the module docstring); returns what it writes to ``out/bench_e2e.json``."""
     import torch
 
@@ -137,7 +137,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
             raise SystemExit(f"bench_e2e: capture folder {capture_dir} does not exist (or pass 'demo')")
     t0 = time.perf_counter()
     prepared = prepare_dataset(capture_dir, out / "dataset", resolutions=(res,), overwrite=overwrite,
-                               progress=progress, mask_source=mask_source, align=align)
+                               progress=progress, mask_source=mask_source, align=align, trim_px=trim_px)
     dataset_dir = prepared.folders[res]
     views = load_viewset(dataset_dir, resolution=res)
     phases["prepare"] = time.perf_counter() - t0
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--resolution", type=int, default=None, help="training resolution (default: the preset's)")
     ap.add_argument("--mask-source", default="depth", help="prepare_dataset's mask_source (the shoe: depth)")
     ap.add_argument("--align", action="store_true", help="align depth to the photos when preparing (the shoe)")
+    ap.add_argument("--trim-px", type=float, default=0.0, help="prepare_dataset's trim_px: trim the masks' rim where "
+                    "the photo shows background (px at 1024 width; 0 = off)")
     ap.add_argument("--out", required=True, help="output folder (dataset/, run/, bench_e2e.json)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark in --out")
     ap.add_argument("--no-progress", action="store_true")
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"bench_e2e: {out / 'bench_e2e.json'} exists; pass --overwrite or another --out")
     out.mkdir(parents=True, exist_ok=True)
     report = run(a.capture, out, a.preset, parse_overrides(a.set), a.resolution, a.overwrite,
-                 progress=not a.no_progress, mask_source=a.mask_source, align=a.align)
+                 progress=not a.no_progress, mask_source=a.mask_source, align=a.align, trim_px=a.trim_px)
     print(json.dumps(report, indent=2))
     return report
 
