@@ -64,12 +64,20 @@ def face_normals(v_pos: torch.Tensor, tri: torch.Tensor, normalize: bool = True)
     return F.normalize(n, dim=-1) if normalize else n
 
 
+def _unit_axis(like: torch.Tensor, axis: int) -> torch.Tensor:
+    """A tensor shaped like ``like`` [...,3] holding the unit vector of ``axis``, made on its device (no
+    host-to-device copy, which would wait for the GPU inside a training step)."""
+    out = torch.zeros_like(like)
+    out[..., axis] = 1.0
+    return out
+
+
 def vertex_normals(v_pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """Area-weighted vertex normals [V,3]; isolated or degenerate vertices get +z."""
     fn = face_normals(v_pos, tri, normalize=False)
     vn = torch.zeros_like(v_pos).index_add_(0, tri.reshape(-1), fn.repeat_interleave(3, 0))
     length = vn.norm(dim=-1, keepdim=True)
-    fallback = torch.tensor([0.0, 0.0, 1.0], device=v_pos.device, dtype=v_pos.dtype).expand_as(vn)
+    fallback = _unit_axis(vn, 2)
     return torch.where(length > 1e-20, vn / length.clamp_min(1e-20), fallback)
 
 
@@ -88,9 +96,8 @@ def vertex_tangents(v_pos: torch.Tensor, tri: torch.Tensor, v_tex: torch.Tensor,
     tang = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) / denom[:, None]
     acc = torch.zeros_like(v_pos).index_add_(0, tri.reshape(-1), tang.repeat_interleave(3, 0))
     acc = acc - (acc * v_nrm).sum(-1, keepdim=True) * v_nrm
-    fallback = torch.linalg.cross(v_nrm, torch.tensor([0.0, 1.0, 0.0], device=v_pos.device).expand_as(v_nrm))
-    fallback = torch.where(fallback.norm(dim=-1, keepdim=True) > 1e-6, fallback,
-                           torch.tensor([1.0, 0.0, 0.0], device=v_pos.device).expand_as(v_nrm))
+    fallback = torch.linalg.cross(v_nrm, _unit_axis(v_nrm, 1))
+    fallback = torch.where(fallback.norm(dim=-1, keepdim=True) > 1e-6, fallback, _unit_axis(v_nrm, 0))
     acc = torch.where(acc.norm(dim=-1, keepdim=True) > 1e-12, acc, fallback)
     return F.normalize(acc, dim=-1)
 

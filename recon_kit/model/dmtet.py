@@ -25,6 +25,7 @@ Deformation bound
 from __future__ import annotations
 
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -189,6 +190,14 @@ class TetGrid:
         return TetGrid(vertices, tets, n, unique_edges, tet_edges)
 
 
+@functools.lru_cache(maxsize=None)
+def _case_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:data:`TRI_TABLE` and :data:`NUM_TRIANGLES` on ``device``, made once per device (constants: a copy to the
+    GPU on every extract would wait for the GPU)."""
+    return (torch.tensor(TRI_TABLE, device=device, dtype=torch.int64),
+            torch.tensor(NUM_TRIANGLES, device=device, dtype=torch.int64))
+
+
 def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
                   unique_edges: torch.Tensor | None = None,
                   tet_edges: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,8 +225,9 @@ def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
         edge_vid = vid[local_edges]  # [Mv,6] output vertex id of each local edge (garbage where no crossing)
         cross_edges = edges[crossing]
 
-        table = torch.tensor(TRI_TABLE, device=dev, dtype=torch.int64)[case]
-        two = torch.tensor(NUM_TRIANGLES, device=dev, dtype=torch.int64)[case] == 2
+        tri_table, num_triangles = _case_tables(dev)
+        table = tri_table[case]
+        two = num_triangles[case] == 2
         faces = torch.cat([edge_vid.gather(1, table[:, :3]), edge_vid[two].gather(1, table[two, 3:])], 0)
 
     a, b = cross_edges[:, 0], cross_edges[:, 1]

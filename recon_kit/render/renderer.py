@@ -68,7 +68,10 @@ class GBuffer:
         """``[N,C]`` values of the covered pixels back into a ``[B,H,W,C]`` image over ``fill`` (differentiable
         w.r.t. ``values``; ``fill`` is a scalar or an image broadcastable to ``[B,H,W,C]``)."""
         shape = (*self.mask.shape[:3], values.shape[-1])
-        base = torch.as_tensor(fill, dtype=values.dtype, device=values.device).expand(shape).reshape(-1, shape[-1])
+        if isinstance(fill, torch.Tensor):
+            base = fill.to(values.dtype).expand(shape).reshape(-1, shape[-1])
+        else:  # a Python number: no host-to-device copy (which would wait for the GPU)
+            base = values.new_full((shape[0] * shape[1] * shape[2], shape[-1]), float(fill))
         return base.index_copy(0, self.pixels(), values).view(shape)
 
 
