@@ -108,14 +108,16 @@ def unique_edges(tri: torch.Tensor) -> torch.Tensor:
     return torch.unique(torch.sort(e, dim=1).values, dim=0)
 
 
-def laplacian_loss(v_pos: torch.Tensor, tri: torch.Tensor, v_ref: torch.Tensor | None = None) -> torch.Tensor:
+def laplacian_loss(v_pos: torch.Tensor, tri: torch.Tensor, v_ref: torch.Tensor | None = None,
+                   edges: torch.Tensor | None = None) -> torch.Tensor:
     """Uniform ("umbrella") Laplacian energy, mean over vertices of |mean(neighbours) - v|^2.
 
     With ``v_ref`` the energy is taken on the displacement ``v_pos - v_ref`` (nvdiffrec's "relative" mode),
-    which keeps detail already present while damping new high-frequency noise.
+    which keeps detail already present while damping new high-frequency noise. ``edges``: ``unique_edges(tri)``
+    when the caller keeps it (a fixed topology; the sort behind it waits for the GPU).
     """
     x = v_pos if v_ref is None else v_pos - v_ref
-    edges = unique_edges(tri)
+    edges = unique_edges(tri) if edges is None else edges
     i, j = torch.cat([edges[:, 0], edges[:, 1]]), torch.cat([edges[:, 1], edges[:, 0]])
     deg = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype).index_add_(0, i, torch.ones_like(i, dtype=x.dtype))
     nsum = torch.zeros_like(x).index_add_(0, i, x[j])

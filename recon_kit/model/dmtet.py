@@ -330,16 +330,16 @@ class LatticeSDF(nn.Module):
 
     def sdf_reg_loss(self) -> torch.Tensor:
         """nvdiffrec's sign-flip regulariser: over grid edges whose SDF signs differ,
-        mean of BCEWithLogits(s_i, H(s_j)) + BCEWithLogits(s_j, H(s_i)). Discourages spurious floaters."""
+        mean of BCEWithLogits(s_i, H(s_j)) + BCEWithLogits(s_j, H(s_i)). Discourages spurious floaters.
+        Taken as a weighted mean over all grid edges (weight 1 where the signs differ), so its shapes do not
+        depend on the data: no host synchronisation (docs/host_syncs.md); 0 when no sign changes."""
+        s_i, s_j = self.sdf[self.unique_edges[:, 0]], self.sdf[self.unique_edges[:, 1]]
         with torch.no_grad():
-            occ = self.sdf > 0
-            idx = torch.nonzero(occ[self.unique_edges[:, 0]] != occ[self.unique_edges[:, 1]]).squeeze(1)
-        if idx.numel() == 0:
-            return self.sdf.sum() * 0.0
-        e = self.unique_edges[idx]
-        s_i, s_j = self.sdf[e[:, 0]], self.sdf[e[:, 1]]
-        return (F.binary_cross_entropy_with_logits(s_i, (s_j > 0).float())
-                + F.binary_cross_entropy_with_logits(s_j, (s_i > 0).float()))
+            h_i, h_j = (s_i > 0).float(), (s_j > 0).float()
+            w = (h_i != h_j).float()
+        bce = (F.binary_cross_entropy_with_logits(s_i, h_j, reduction="none")
+               + F.binary_cross_entropy_with_logits(s_j, h_i, reduction="none"))
+        return (bce * w).sum() / w.sum().clamp_min(1.0)
 
     def extra_losses(self) -> dict[str, torch.Tensor]:
         """Method-specific regularisers, weighted, by their history names (none for DMTet)."""

@@ -273,13 +273,13 @@ class Trainer:
         if self.world_size > 1:                       # each rank renders its share of the views
             share = len(idx) // self.world_size
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
-        sub = self.views.subset(idx.tolist())
-        sel = idx.to(self.device)
+        sel = idx.to(self.device)                     # the step's one host-to-device copy (docs/host_syncs.md)
+        depth_ref = None if self.views.depth is None else self.views.depth.index_select(0, sel)
         cams = (self.cam_refiner(sel) if self.cam_refiner is not None
                 else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
-        mask = sub.mask[..., None]
+        mask = self.views.mask.index_select(0, sel)[..., None]
         color_w = self._color_w.index_select(0, sel)[..., None]
-        target = sub.rgb_linear * mask + bg * (1 - mask)
+        target = self.views.rgb_linear.index_select(0, sel) * mask + bg * (1 - mask)
 
         with record_function("rk.extract"):
             mesh = self.current_mesh()
@@ -301,10 +301,10 @@ class Trainer:
             losses["occlusion"] = lw.occlusion * ramp * (out["ks"][..., 0] * gmask).mean()
         if lw.light_reg > 0 and self.cfg.light.learn_light:
             losses["light_reg"] = lw.light_reg * self.light.regularizer()
-        if lw.depth > 0 and cfg.data.use_depth and sub.depth is not None:
-            valid = (gmask > 0) & (sub.depth > 0) & self._interior.index_select(0, sel)
+        if lw.depth > 0 and cfg.data.use_depth and depth_ref is not None:
+            valid = (gmask > 0) & (depth_ref > 0) & self._interior.index_select(0, sel)
             decay = self.phase.depth_decay(t, lw.depth_end)
-            losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], sub.depth, valid)
+            losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], depth_ref, valid)
                                / cfg.geometry.mesh_scale)
         if self.cam_refiner is not None:
             losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
