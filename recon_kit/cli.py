@@ -37,6 +37,17 @@ class CommandError(ValueError):
     """An error message for the user, printed without a traceback."""
 
 
+def _unfinished(table, command: str, noun: str) -> int:
+    """Exit status of a sweep or batch from its run table: EXIT_FAILED, with one line naming the rows that did
+    not finish, or 0."""
+    failed = table.index[table["status"] != "finished"].tolist()
+    if not failed:
+        return 0
+    print(f"recon-kit {command}: {len(failed)} of {len(table)} {noun} did not finish: {', '.join(failed)} "
+          f"(see error.txt in their folders)", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _existing_dir(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -442,12 +453,7 @@ class Sweep:
         table = table.loc[[n for n in sweep.names if n in table.index]]
         print(rk_table.summary(table).to_string())
         print(f"sweep folder: {out} (manifest: {sweep.manifest_path})")
-        failed = table.index[table["status"] != "finished"].tolist()
-        if failed:
-            print(f"recon-kit sweep: {len(failed)} of {len(table)} runs did not finish: {', '.join(failed)} "
-                  f"(see error.txt in their folders)", file=sys.stderr)
-            return EXIT_FAILED
-        return 0
+        return _unfinished(table, "sweep", "runs")
 
 
 @dataclass
@@ -497,12 +503,7 @@ class Batch:
                         ray=self.ray.options(self.engine))
         print(summary.to_string())
         print(f"batch folder: {self.out} (manifest: {b.manifest_path})")
-        failed = summary.index[summary["status"] != "finished"].tolist()
-        if failed:
-            print(f"recon-kit batch: {len(failed)} of {len(summary)} captures did not finish: {', '.join(failed)} "
-                  f"(see error.txt in their folders)", file=sys.stderr)
-            return EXIT_FAILED
-        return 0
+        return _unfinished(summary, "batch", "captures")
 
 
 COMMANDS = {"demo": Demo, "prepare": Prepare, "check-poses": CheckPoses, "train": Train, "sweep": Sweep,

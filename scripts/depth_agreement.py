@@ -26,9 +26,9 @@ from scipy.ndimage import binary_erosion  # noqa: E402
 from recon_kit.cameras import stack_matrices  # noqa: E402
 from recon_kit.data.dataset import load_viewset  # noqa: E402
 from recon_kit.io.meshfile import load_obj_folder  # noqa: E402
-from recon_kit.io.transforms import load_cameras  # noqa: E402
 from recon_kit.render import get_rasterizer, render_mesh  # noqa: E402
 from recon_kit.render.renderer import constant_material  # noqa: E402
+from recon_kit.runs.run import corrected_cameras  # noqa: E402
 
 
 def fit(values: np.ndarray, x: np.ndarray) -> dict:
@@ -44,8 +44,7 @@ def agreement(run_dir: Path, dataset_dir: Path, erode: int = 8) -> list[dict]:
     if views.depth is None:
         raise SystemExit(f"{dataset_dir} has no depth maps; nothing to compare")
     h, w = views.rgb_linear.shape[1:3]
-    corrected = run_dir / "cameras_corrected.json"
-    cams = load_cameras(corrected, views.names, w, h) if corrected.is_file() else views.cameras
+    cams = corrected_cameras(run_dir, views) or views.cameras
     mesh, _ = load_obj_folder(run_dir / "mesh")
     rast = get_rasterizer("auto", mesh.v_pos.device)
     rows = []

@@ -28,17 +28,15 @@ from recon_kit.cameras import stack_matrices  # noqa: E402
 from recon_kit.color import linear_to_srgb  # noqa: E402
 from recon_kit.data.dataset import load_viewset  # noqa: E402
 from recon_kit.evaluate import psnr  # noqa: E402
-from recon_kit.io.transforms import load_cameras  # noqa: E402
 from recon_kit.render import get_rasterizer, render_mesh  # noqa: E402
-from recon_kit.runs.run import load_run  # noqa: E402
+from recon_kit.runs.run import corrected_cameras, load_run  # noqa: E402
 
 
 def bands(run_dir: Path, dataset_dir: Path, band_px: int = 8, tol: float = 20.0, light_res: int = 256) -> list[dict]:
     run = load_run(run_dir, light_res=light_res)
     views = load_viewset(dataset_dir)
     h, w = views.rgb_linear.shape[1:3]
-    corrected = run_dir / "cameras_corrected.json"
-    cams = load_cameras(corrected, views.names, w, h) if corrected.is_file() else views.cameras
+    cams = corrected_cameras(run_dir, views) or views.cameras
     rast = get_rasterizer("auto", run.mesh.v_pos.device)
     material = run.material(run.mesh.v_pos.device).material
     logged = {r["view"]: r["psnr"] for r in run.metrics.get("train_views", [])}

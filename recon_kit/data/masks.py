@@ -102,9 +102,14 @@ def mask_from_background(rgb: np.ndarray, background=None, tol: float = 20.0, **
     border when ``None``) by more than ``tol``; the result is cleaned with :func:`clean_mask`. White parts of
     the object touching the background and contact shadows are the typical errors.
     """
+    return clean_mask(background_distance(rgb, background) > tol, **clean)
+
+
+def background_distance(rgb: np.ndarray, background=None) -> np.ndarray:
+    """Per pixel, the largest channel difference (0-255) from ``background`` (estimated from the image border
+    when ``None``)."""
     bg = estimate_background(rgb) if background is None else np.asarray(background, dtype=np.float64)
-    diff = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(-1)
-    return clean_mask(diff > tol, **clean)
+    return np.abs(rgb[..., :3].astype(np.int16) - bg.astype(np.int16)).max(-1)
 
 
 def trim_to_photo(mask: np.ndarray, rgb: np.ndarray, rim_px: int, background=None, tol: float = 20.0) -> np.ndarray:
@@ -121,8 +126,7 @@ def trim_to_photo(mask: np.ndarray, rgb: np.ndarray, rim_px: int, background=Non
     m = np.asarray(mask, dtype=bool)
     if rim_px <= 0 or not m.any():
         return m
-    bg = estimate_background(rgb) if background is None else np.asarray(background, dtype=np.float64)
-    bg_like = np.abs(rgb[..., :3].astype(np.int16) - bg.astype(np.int16)).max(-1) <= tol
+    bg_like = background_distance(rgb, background) <= tol
     rim = m & ~ndi.binary_erosion(m, iterations=int(rim_px))
     labels, _ = ndi.label(bg_like & (rim | ~m))
     outside = np.unique(labels[~m & bg_like])

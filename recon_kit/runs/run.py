@@ -319,6 +319,15 @@ def load_run(run_dir: str | Path, light_res: int | None = None, device: str | to
                metrics=metrics, history=history)
 
 
+def corrected_cameras(run_dir: str | Path, views: ViewSet) -> list | None:
+    """The run's refined cameras (``cameras_corrected.json``, written by :func:`quality_outputs` with
+    ``cameras.refine``) for ``views``' names and image size, or None when the run has none."""
+    from recon_kit.io.transforms import load_cameras
+
+    path = Path(run_dir) / CORRECTED_CAMERAS
+    return load_cameras(path, views.names, views.width, views.height) if path.is_file() else None
+
+
 def _as_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else load_run(run)
 

@@ -115,20 +115,32 @@ class MetricsTable:
         return write_metrics_json(path, {key: self.rows} if key else self.rows)
 
 
-def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested metrics flattened to dotted keys; lists of per-view rows are summarised as a count."""
+_DROP = object()  # what a leaf function returns for a value the flattened dict leaves out
+
+
+def _flatten(obj: Mapping[str, Any], leaf, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts flattened to dotted keys, each non-dict value passed through ``leaf`` (or dropped)."""
     out: dict[str, Any] = {}
-    for k, v in metrics.items():
+    for k, v in obj.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(flat_metrics(v, key + "."))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(r, Mapping) for r in v):
-            out[key] = f"{len(v)} rows"
-        elif isinstance(v, (list, tuple)):
-            out[key] = "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else str(list(v))
-        else:
-            out[key] = v
+            out.update(_flatten(v, leaf, key + "."))
+        elif (value := leaf(v)) is not _DROP:
+            out[key] = value
     return out
+
+
+def _metric_leaf(v: Any) -> Any:
+    if isinstance(v, (list, tuple)) and v and all(isinstance(r, Mapping) for r in v):
+        return f"{len(v)} rows"
+    if isinstance(v, (list, tuple)):
+        return "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else str(list(v))
+    return v
+
+
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metrics flattened to dotted keys; lists of per-view rows are summarised as a count."""
+    return _flatten(metrics, _metric_leaf, prefix)
 
 
 ENV_KEYS = ("created_utc", "git_sha", "git_dirty", "torch", "device_name")
@@ -178,14 +190,7 @@ def _read_error(path: Path) -> str | None:
 
 def _scalars(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested dicts with dotted keys; keep numbers, strings, booleans and None; drop lists."""
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_scalars(v, key + "."))
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            out[key] = v
-    return out
+    return _flatten(obj, lambda v: v if v is None or isinstance(v, (bool, int, float, str)) else _DROP, prefix)
 
 
 @dataclass

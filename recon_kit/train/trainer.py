@@ -274,7 +274,6 @@ class Trainer:
             share = len(idx) // self.world_size
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
         sel = idx.to(self.device)                     # the step's one host-to-device copy (docs/host_syncs.md)
-        depth_ref = None if self.views.depth is None else self.views.depth.index_select(0, sel)
         cams = (self.cam_refiner(sel) if self.cam_refiner is not None
                 else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
         mask = self.views.mask.index_select(0, sel)[..., None]
@@ -301,7 +300,8 @@ class Trainer:
             losses["occlusion"] = lw.occlusion * ramp * (out["ks"][..., 0] * gmask).mean()
         if lw.light_reg > 0 and self.cfg.light.learn_light:
             losses["light_reg"] = lw.light_reg * self.light.regularizer()
-        if lw.depth > 0 and cfg.data.use_depth and depth_ref is not None:
+        if lw.depth > 0 and cfg.data.use_depth and self.views.depth is not None:
+            depth_ref = self.views.depth.index_select(0, sel)
             valid = (gmask > 0) & (depth_ref > 0) & self._interior.index_select(0, sel)
             decay = self.phase.depth_decay(t, lw.depth_end)
             losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], depth_ref, valid)

@@ -193,17 +193,14 @@ def camera_correction_grid(run: Any, views: ViewSet | str | Path, max_views: int
     """One row per view: photo | render under the cameras as written | render under the refined cameras (the
     run's ``cameras_corrected.json``, written by :func:`recon_kit.runs.run.finish` when ``cameras.refine`` was
     on), each render titled with its PSNR. None when the run has no corrected cameras."""
-    from recon_kit.io.transforms import load_cameras
-
     run = rk_run.load_run(run, device=device) if isinstance(run, (str, Path)) else run
-    path = run.run_dir / rk_run.CORRECTED_CAMERAS
-    if not path.is_file():
+    if not (run.run_dir / rk_run.CORRECTED_CAMERAS).is_file():
         return None
     if isinstance(views, (str, Path)):
         from recon_kit.data.dataset import load_viewset
 
         views = load_viewset(views, resolution=run.resolution)
-    refined = load_cameras(path, views.names, views.width, views.height)
+    refined = rk_run.corrected_cameras(run.run_dir, views)
     written = comparison_images(run, views, max_views, max_size, device=device)
     fixed = comparison_images(run, ViewSet(views.names, refined, views.rgb_linear, views.mask, views.depth),
                               max_views, max_size, device=device)
