@@ -197,7 +197,8 @@ class Prepare:
     align: bool = False
     """Move each depth map onto its photo (shift + uniform scale maximising mask IoU)."""
     trim_px: float = 0.0
-    """Trim each mask's rim (this many px at 1024 px width) where the photo shows its background (0 = off)."""
+    """Trim each mask's rim (this many px at 1024 px width) where the photo shows its background (0 = off; 8 for
+    hand-framed captures whose depth masks were aligned to the photos, like the shoe)."""
     camera_angle_x: float = 0.85
     """Horizontal field of view (radians) of the axis rig, used without transforms.json."""
     distance: float = 3.0
@@ -285,7 +286,7 @@ class Train:
     With --nproc N, N data-parallel processes through torchrun (docs/distributed.md)."""
 
     preset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PRESET")]
-    """Preset name (cpu-small, gpu-default, seed-nvdiffrec) or a config JSON file (kit or nvdiffrec format); under
+    """Preset name (cpu-small, gpu-default, gpu-fast, seed-nvdiffrec) or a config JSON file (kit or nvdiffrec format); under
     torchrun also 'auto' (gpu-default on CUDA, cpu-small on the CPU)."""
     dataset_dir: Path | None = None
     """Prepared dataset folder (default: the largest data/<res> of --workspace)."""
