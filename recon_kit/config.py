@@ -180,6 +180,9 @@ class ReconConfig:
     shade_chunk: int = 0
     """Shade covered pixels this many at a time under activation checkpointing (0 = all at once): lower peak
     memory at high resolution (2048², batch 6) for one more shading forward per step."""
+    view_chunk: int = 0
+    """Render a step's views this many at a time, each chunk's losses backpropagated before the next is rendered,
+    one optimiser step for all (0 = all at once): the same gradients with one chunk's per-pixel buffers alive."""
     checkpoint_every: int = 500
     """Checkpoint every N steps (0 = off)."""
     snapshot_every: int = 50
@@ -224,6 +227,7 @@ class ReconConfig:
             (self.data.resolution >= 16, "data.resolution must be >= 16"),
             (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
             (self.shade_chunk >= 0, "shade_chunk must be >= 0 (0 = shade every covered pixel at once)"),
+            (self.view_chunk >= 0, "view_chunk must be >= 0 (0 = render a step's views at once)"),
             (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),

@@ -260,7 +260,7 @@ class Trainer:
             return result
 
     def _step(self) -> dict:
-        cfg, pc, lw = self.cfg, self._pass_cfg, self.cfg.loss
+        cfg, pc = self.cfg, self._pass_cfg
         t = self.it / max(1, pc.iterations)
         factor = lr_factor(self.it, pc.warmup, pc.lr_decay)
         cam_lr = self.phase.camera_lr(cfg, t)
@@ -276,17 +276,54 @@ class Trainer:
         sel = idx.to(self.device)                     # the step's one host-to-device copy (docs/host_syncs.md)
         cams = (self.cam_refiner(sel) if self.cam_refiner is not None
                 else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
-        mask = self.views.mask.index_select(0, sel)[..., None]
-        color_w = self._color_w.index_select(0, sel)[..., None]
-        target = self.views.rgb_linear.index_select(0, sel) * mask + bg * (1 - mask)
 
         with record_function("rk.extract"):
             mesh = self.current_mesh()
         if mesh.num_faces == 0:
             log.warning("%s iteration %d: the mesh has no faces; only the regulariser is applied", self.pass_name, self.it)
             loss = self.phase.empty_mesh_loss()
-            self._backward_step(loss)
+            self._zero_grad()
+            loss.backward()
+            self._optimizer_step()
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
+        self._zero_grad()
+        n, size = len(sel), (cfg.view_chunk or len(sel))
+        starts = list(range(0, n, size))
+        logged: dict[str, torch.Tensor] = {}
+        for start in starts:
+            part = slice(start, start + size)
+            weight = (min(start + size, n) - start) / n
+            losses = {k: v * weight for k, v in
+                      self._view_losses(mesh, sel[part], {k: v[part] for k, v in cams.items()}, bg[part], t).items()}
+            if start == starts[-1]:
+                losses.update(self._step_terms(t))    # once per step, with the last chunk
+            with record_function("rk.backward"):
+                sum(losses.values()).backward(retain_graph=start != starts[-1])  # mesh, cameras: shared by chunks
+            for k, v in losses.items():
+                logged[k] = logged.get(k, 0.0) + v.detach()
+        with record_function("rk.optimizer_step"):
+            self._optimizer_step()
+        logged["total"] = sum(logged.values())
+        return logged
+
+    def _step_terms(self, t: float) -> dict:
+        """The losses that do not depend on the views: light, camera and geometry regularisers."""
+        cfg, lw = self.cfg, self.cfg.loss
+        terms = {}
+        if lw.light_reg > 0 and cfg.light.learn_light:
+            terms["light_reg"] = lw.light_reg * self.light.regularizer()
+        if self.cam_refiner is not None:
+            terms["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
+        terms.update(self.phase.regularizers(t, cfg))
+        return terms
+
+    def _view_losses(self, mesh, sel: torch.Tensor, cams: dict, bg: torch.Tensor, t: float) -> dict:
+        """The per-pixel losses of the views ``sel`` (means over those views) rendered from ``cams``."""
+        cfg, lw = self.cfg, self.cfg.loss
+        H, W = bg.shape[1:3]
+        mask = self.views.mask.index_select(0, sel)[..., None]
+        color_w = self._color_w.index_select(0, sel)[..., None]
+        target = self.views.rgb_linear.index_select(0, sel) * mask + bg * (1 - mask)
         out = self.renderer.render(mesh, cams, (H, W), self._material_fn(), self.light, bg)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
@@ -298,29 +335,24 @@ class Trainer:
             losses["kd_smooth"] = lw.kd_smooth * ramp * self.phase.kd_smoothness(self.rast, out, gmask)
         if lw.occlusion > 0:
             losses["occlusion"] = lw.occlusion * ramp * (out["ks"][..., 0] * gmask).mean()
-        if lw.light_reg > 0 and self.cfg.light.learn_light:
-            losses["light_reg"] = lw.light_reg * self.light.regularizer()
         if lw.depth > 0 and cfg.data.use_depth and self.views.depth is not None:
             depth_ref = self.views.depth.index_select(0, sel)
             valid = (gmask > 0) & (depth_ref > 0) & self._interior.index_select(0, sel)
             decay = self.phase.depth_decay(t, lw.depth_end)
             losses["depth"] = (lw.depth * decay * depth_loss(out["depth"][..., 0], depth_ref, valid)
                                / cfg.geometry.mesh_scale)
-        if self.cam_refiner is not None:
-            losses["camera_reg"] = cfg.cameras.reg * self.cam_refiner.regularizer()
-        losses.update(self.phase.regularizers(t, cfg))
-        total = sum(losses.values())
-        with record_function("rk.backward_step"):
-            self._backward_step(total)
-        losses = {k: v.detach() for k, v in losses.items()}
-        losses["total"] = total.detach()
         return losses
 
-    def _backward_step(self, loss: torch.Tensor) -> None:
-        opts = [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
-        for opt in opts:
+    def _optimizers(self) -> list:
+        return [o for o in (self.opt_geo, self.opt_mat, self.opt_cam) if o is not None]
+
+    def _zero_grad(self) -> None:
+        for opt in self._optimizers():
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def _optimizer_step(self) -> None:
+        """Average the gradients over ranks (data parallel), step every optimiser, clamp the light and geometry."""
+        opts = self._optimizers()
         if self.world_size > 1:
             _average_gradients([g for opt in opts for g in opt.param_groups], self.world_size)
         for opt in opts:
