@@ -45,6 +45,9 @@ def test_gpu_fast_is_gpu_default_with_a_shorter_all_view_schedule():
     assert same == {k: C.flatten(fast)[k] for k in same}
     assert default.pass1.batch == 2 and default.pass1.iterations == 5000  # building gpu-fast left it alone
     assert C.preset("gpu-default").cameras.refine and C.preset("gpu-default").loss.depth_end == 0.0
+    calibrated = C.preset("gpu-calibrated")
+    assert not calibrated.cameras.refine and calibrated.loss.depth_end == 1.0 and calibrated.loss.edge_px == 8.0
+    assert calibrated.pass1 == default.pass1 and calibrated.data == default.data
 
 
 def test_invalid_json_names_the_file(tmp_path):
