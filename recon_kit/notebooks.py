@@ -49,6 +49,8 @@ QUICK = {"resolutions": [64], "grid_res": 32, "preset": "cpu-small",
 # 2-core machine and a few times that in pass 2 (texture sampling), i.e. 2-3 minutes of training, so `make demo`
 # stays well under 10 minutes there.
 DEMO_CPU_OVERRIDES = {"pass1.iterations": 400, "pass2.iterations": 100}
+#: Mask rim trimmed where a capture's photo shows its background (px at 1024 width; docs/benchmarks.md section 10).
+CAPTURE_TRIM_PX = 8.0
 
 
 def _pick(declared: Mapping[str, Any], notebook: str, *candidates: str) -> str:
@@ -135,7 +137,8 @@ def run_demo(
         output_dir/run/         03: the training run (mesh/model.glb, viewer.html, turntable.gif, ...)
         output_dir/notebooks/   the executed notebooks
 
-    ``quick``: the smallest settings (:data:`QUICK`), for a smoke run. ``preset`` defaults to ``cpu-small`` on a
+    A capture folder's masks are trimmed to its photos (01's ``trim_px`` = :data:`CAPTURE_TRIM_PX`, the README's
+    recipe for hand-framed captures). ``quick``: the smallest settings (:data:`QUICK`), for a smoke run. ``preset`` defaults to ``cpu-small`` on a
     CPU and ``gpu-default`` on CUDA; ``overrides`` go to 03's ``overrides`` (config keys). Without ``overrides``,
     03 gets the quick settings' overrides, or :data:`DEMO_CPU_OVERRIDES` for the default preset on a CPU; given
     ``overrides`` replace those (they are not merged).
@@ -186,6 +189,8 @@ def run_demo(
     opt: dict[str, Any] = {"overwrite": overwrite, "device": dev}
     if quick:
         opt["resolutions"] = QUICK["resolutions"]
+    if dataset_in != DEMO_DATASET and "trim_px" in nb01:
+        opt["trim_px"] = CAPTURE_TRIM_PX
     plan.append((names[0], req, opt))
     # 02 check poses
     req = {_pick(nb02, names[1], "dataset_dir", "data_dir"): dataset_dir,

@@ -110,13 +110,13 @@ RECORD = ("import json, pathlib\n({target}).mkdir(parents=True, exist_ok=True)\n
           "if k in {names}}}))\n")
 
 
-def _fake_notebooks(folder: Path, drop_02_dataset_dir: bool = False) -> None:
+def _fake_notebooks(folder: Path, drop_02_dataset_dir: bool = False, trim: bool = False) -> None:
     folder.mkdir()
     p01 = 'input_dir: str = "demo"  # capture\noutput_dir: str = "x"  # root\nresolutions: list = [256]  # sizes\n' \
-          'overwrite: bool = False  # replace\n'
+          'overwrite: bool = False  # replace\n' + ('trim_px: float = 0.0  # rim\n' if trim else '')
     _notebook(folder / rk_nb.NOTEBOOKS[0], p01,
               RECORD.format(target="pathlib.Path(output_dir)", n="01",
-                            names=["input_dir", "output_dir", "resolutions", "overwrite"])
+                            names=["input_dir", "output_dir", "resolutions", "overwrite", "trim_px"])
               + "d = pathlib.Path(output_dir) / '64'; d.mkdir(); (d / 'transforms.json').write_text('{}')\n"
               + "g = pathlib.Path(output_dir) / 'demo_capture'; g.mkdir(); (g / 'gt_mesh.obj').write_text('')\n")
     p02 = ('' if drop_02_dataset_dir else 'dataset_dir: str = "x"  # data\n') + \
@@ -149,6 +149,17 @@ def test_run_notebook_rejects_unknown_parameters(tmp_path):
     _fake_notebooks(tmp_path / "nbs")
     with pytest.raises(rk_nb.NotebookParameterError, match="stepz.*grid_res"):
         rk_nb.run_notebook(rk_nb.NOTEBOOKS[1], tmp_path / "o.ipynb", {"stepz": 1}, notebooks_dir=tmp_path / "nbs")
+
+
+@pytest.mark.slow
+def test_demo_trims_a_capture_folders_masks(tmp_path):
+    _fake_notebooks(tmp_path / "nbs", trim=True)
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    rk_nb.run_demo(tmp_path / "out", dataset=capture, notebooks_dir=tmp_path / "nbs", device="cpu", quick=True,
+                   echo=lambda *a: None, timeout=120)
+    p01 = json.loads((tmp_path / "out/data/params_01.json").read_text())
+    assert p01["input_dir"] == str(capture) and p01["trim_px"] == rk_nb.CAPTURE_TRIM_PX
 
 
 @pytest.mark.slow
