@@ -121,6 +121,10 @@ class LossConfig:
     edge_px: float = 0.0
     """Band (px at 1024^2, scaled with the resolution) inside mask edges where only photo foreground trains
     colour and depth is not used: keeps the photos' background out of the albedo (white fringes)."""
+    depth_prior: float = 0.0
+    """Pass 1: weight of a sign prior from the fused depth maps: grid vertices they put clearly outside (in front
+    of an observed surface) or inside are pulled to that side, so no surface grows there (extra shells, hidden
+    tunnels); follows the depth weight's decay (0 = off; needs depth maps)."""
 
 
 @dataclass
@@ -228,6 +232,9 @@ class ReconConfig:
             (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
             (self.shade_chunk >= 0, "shade_chunk must be >= 0 (0 = shade every covered pixel at once)"),
             (self.view_chunk >= 0, "view_chunk must be >= 0 (0 = render a step's views at once)"),
+            (self.loss.depth_prior >= 0, "loss.depth_prior must be >= 0 (0 = off)"),
+            (self.loss.depth_prior == 0 or self.data.use_depth,
+             "loss.depth_prior uses the depth maps, which data.use_depth=false turns off; set loss.depth_prior=0"),
             (self.data.val_background in ("white", "black"), "data.val_background must be white or black"),
             (self.data.train_background in ("random", "white", "black"),
              "data.train_background must be random, white or black"),

@@ -139,6 +139,12 @@ class FusedDepth:
         :meth:`recon_kit.model.hull.HullGrid.occupancy_fn`, for ``DMTet.init_sdf_from_occupancy``."""
         return self.as_grid().occupancy_fn(points)
 
+    def sign_targets(self, points: torch.Tensor, outside: float = 0.2, inside: float = 0.8) -> torch.Tensor:
+        """``[K]`` +1 where the fused occupancy at world ``points`` ``[K,3]`` is above ``inside``, -1 below
+        ``outside``, 0 in between: the band around the fused surface (about two truncations wide) is left free."""
+        occ = self.occupancy_fn(points)
+        return (occ > inside).float() - (occ < outside).float()
+
     def to_mesh(self, res: int | None = None) -> trimesh.Trimesh:
         """The fused surface (marching tets of ``occupancy - 0.5`` on a ``res`` lattice, default the grid's)."""
         return occupancy_mesh(self.occupancy_fn, self.bounds, res or self.res - 1)
@@ -237,14 +243,16 @@ def fuse_viewset(views: ViewSet, bounds, res: int = 96, truncation: float = 3.0)
                       truncation, names=views.names, device=views.device)
 
 
-def initial_occupancy(geometry: GeometryConfig, views: ViewSet, device) -> Callable | None:
+def initial_occupancy(geometry: GeometryConfig, views: ViewSet, device,
+                      fused: FusedDepth | None = None) -> Callable | None:
     """The occupancy DMTet's SDF starts from for ``geometry.init`` (``None`` for sphere and random): the visual
-    hull of the masks, or for ``depth`` the depth maps fused with it (the hull when the views have no depth)."""
+    hull of the masks, or for ``depth`` the depth maps fused with it (``fused`` when the caller has fused them
+    already; the hull when the views have no depth)."""
     if geometry.init == "depth" and views.depth is None:
         log.warning("geometry.init='depth' needs depth maps and this dataset has none; starting from the visual "
                     "hull instead (prepare the capture with its depth_renders/, or set geometry.init='hull')")
     if geometry.init == "depth" and views.depth is not None:
-        return fuse_viewset(views, geometry.mesh_scale, res=geometry.hull_res).occupancy_fn
+        return (fused or fuse_viewset(views, geometry.mesh_scale, res=geometry.hull_res)).occupancy_fn
     if geometry.init in ("hull", "depth"):
         return carve(views.cameras, views.mask, bounds=geometry.mesh_scale, res=geometry.hull_res,
                      device=device).occupancy_fn

@@ -31,7 +31,7 @@ from recon_kit import evaluate as rk_evaluate
 from recon_kit.io import meshfile
 from recon_kit.model import dmtet as rk_dmtet
 from recon_kit.model.flexicubes import FlexiCubes
-from recon_kit.model.fusion import initial_occupancy
+from recon_kit.model.fusion import fuse_viewset, initial_occupancy
 from recon_kit.model import materials
 from recon_kit.model.camera_refine import CameraRefiner
 from recon_kit.cameras import stack_matrices
@@ -144,7 +144,13 @@ class Trainer:
             dmtet = rk_dmtet.DMTet(grid, g.mesh_scale, init=init, generator=None).to(self.device)
         if g.init == "random":
             dmtet.init_sdf("random", generator=self.generator)
-        occupancy = initial_occupancy(g, self.views, self.device)
+        fused = None
+        if cfg.loss.depth_prior > 0:
+            if self.views.depth is None:
+                raise ValueError("loss.depth_prior needs depth maps and this dataset has none; prepare the capture "
+                                 "with its depth_renders/, or set loss.depth_prior=0")
+            fused = fuse_viewset(self.views, g.mesh_scale, res=g.hull_res)
+        occupancy = initial_occupancy(g, self.views, self.device, fused=fused)
         if occupancy is not None:
             dmtet.init_sdf_from_occupancy(occupancy, truncation=3.0)
         lo, hi = dmtet.aabb()
@@ -154,7 +160,8 @@ class Trainer:
             n_features=m.hash_features, log2_table=m.hash_log2_size, base_res=m.hash_base_res,
             max_res=m.hash_max_res, compile=self._compile)
         self.light = EnvLight(cfg.light.env_res).to(self.device)
-        self.pass1: Pass1 = Pass1(dmtet, field)
+        prior = fused.sign_targets(dmtet.v0 * dmtet.mesh_scale).to(self.device) if fused is not None else None
+        self.pass1: Pass1 = Pass1(dmtet, field, sign_prior=prior)
         self.phase: Phase = self.pass1
         self._make_optimizers()
 
