@@ -109,7 +109,7 @@ class Pass1(Phase):
         (:meth:`recon_kit.model.fusion.FusedDepth.sign_targets`), for ``loss.depth_prior``."""
         self.dmtet, self.field = dmtet, field
         self._prior_idx = self._prior_sign = None
-        if sign_prior is not None:
+        if sign_prior is not None and bool(sign_prior.any()):
             self._prior_idx = torch.nonzero(sign_prior).reshape(-1)   # once: a step indexes without host syncs
             self._prior_sign = sign_prior.index_select(0, self._prior_idx)
 
@@ -135,7 +135,7 @@ class Pass1(Phase):
     def regularizers(self, t: float, cfg: ReconConfig) -> dict[str, torch.Tensor]:
         regs = {"sdf_reg": rk_dmtet.sdf_reg_weight(t, cfg.geometry.sdf_regularizer) * self.dmtet.sdf_reg_loss()}
         regs.update(self.dmtet.extra_losses())   # FlexiCubes: L_dev and its weights' magnitude
-        if self._prior_idx is not None and cfg.loss.depth_prior > 0 and self._prior_idx.numel() > 0:
+        if self._prior_idx is not None and cfg.loss.depth_prior > 0:
             # sdf > 0 inside, in grid cells: a constrained vertex on the wrong side (or within 0.1 cell) pays
             sdf = self.dmtet.sdf.reshape(-1).index_select(0, self._prior_idx)
             regs["depth_prior"] = (cfg.loss.depth_prior * self.depth_decay(t, cfg.loss.depth_end)

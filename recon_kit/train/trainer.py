@@ -299,18 +299,20 @@ class Trainer:
         logged: dict[str, torch.Tensor] = {}
         for start in starts:
             part = slice(start, start + size)
-            weight = (min(start + size, n) - start) / n
-            losses = {k: v * weight for k, v in
-                      self._view_losses(mesh, sel[part], {k: v[part] for k, v in cams.items()}, bg[part], t).items()}
+            losses = self._view_losses(mesh, sel[part], {k: v[part] for k, v in cams.items()}, bg[part], t)
+            if len(starts) > 1:                       # a chunk's share of the step's views
+                weight = (min(start + size, n) - start) / n
+                losses = {k: v * weight for k, v in losses.items()}
             if start == starts[-1]:
                 losses.update(self._step_terms(t))    # once per step, with the last chunk
+            total = sum(losses.values())
             with record_function("rk.backward"):
-                sum(losses.values()).backward(retain_graph=start != starts[-1])  # mesh, cameras: shared by chunks
+                total.backward(retain_graph=start != starts[-1])  # mesh, cameras: shared by the chunks
+            losses["total"] = total
             for k, v in losses.items():
-                logged[k] = logged.get(k, 0.0) + v.detach()
+                logged[k] = v.detach() if k not in logged else logged[k] + v.detach()
         with record_function("rk.optimizer_step"):
             self._optimizer_step()
-        logged["total"] = sum(logged.values())
         return logged
 
     def _step_terms(self, t: float) -> dict:
