@@ -18,6 +18,23 @@ from recon_kit.data import dataset as rk_dataset
 from recon_kit.train import trainer
 
 
+def launch_summary(prof, steps: int) -> str:
+    """Per step: kernels launched, their summed device time, and the host round trips (syncs, copies).
+
+    Summed kernel time far below the wall time per step means the GPU waits on the host (launch- or sync-bound).
+    """
+    events = prof.events()
+    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    kernel_ms = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+    runtime = {}
+    for e in events:
+        if e.name.startswith("cuda") and getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU:
+            runtime[e.name] = runtime.get(e.name, 0) + 1
+    calls = ", ".join(f"{k} {v / steps:.1f}" for k, v in sorted(runtime.items(), key=lambda kv: -kv[1])[:8])
+    return (f"per step: {len(kernels) / steps:.0f} kernels, {kernel_ms / steps:.2f} ms summed kernel time; "
+            f"runtime calls per step: {calls}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
@@ -55,6 +72,8 @@ def main() -> None:
             torch.cuda.synchronize()
     key = "cuda_time_total" if tr.device.type == "cuda" else "cpu_time_total"
     table = prof.key_averages()
+    if tr.device.type == "cuda":
+        print(launch_summary(prof, a.steps))
     print("per step, kit ranges:")
     for ev in sorted((e for e in table if e.key.startswith("rk.")), key=lambda e: e.key):
         dev_t = getattr(ev, "device_time_total", getattr(ev, "cuda_time_total", 0))

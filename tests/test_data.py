@@ -547,3 +547,37 @@ def test_trim_to_photo_removes_only_the_background_rim():
 def test_prepare_dataset_trims_masks_and_says_how_much(capture_dir, tmp_path):
     res = rk_dataset.prepare_dataset(capture_dir, tmp_path / "data", [32], progress=False, trim_px=8)
     assert any("mask pixels trimmed" in n for n in res.notes)
+
+
+def test_opencv_morphology_matches_scipy():
+    """The masks' OpenCV erosion and opening and the labelled hole filling give scipy.ndimage's results exactly."""
+    from scipy import ndimage as ndi
+
+    from recon_kit.data.masks import binary_erode, binary_open
+
+    rng = np.random.default_rng(0)
+    for shape in [(64, 80), (257, 130)]:
+        m = rng.random(shape) > 0.4
+        m[:, 0] = m[0, :] = True                      # foreground on the border: erosion must eat it
+        for it in (1, 3, 8):
+            assert (binary_erode(m, it) == ndi.binary_erosion(m, iterations=it)).all()
+            assert (binary_open(m, it) == ndi.binary_opening(m, structure=np.ones((3, 3), bool), iterations=it)).all()
+        for p in (0.3, 0.6):                          # holes of every size, some touching the border
+            holey = ndi.binary_opening(rng.random(shape) > p)
+            assert (rk_masks.fill_holes(holey) == ndi.binary_fill_holes(holey)).all()
+
+
+def test_map_views_keeps_order_and_raises():
+    """Per-view work runs in threads, results in the views' order; a failing view's exception reaches the caller."""
+    from recon_kit.data.capture import map_views
+
+    assert map_views(lambda x: x * x, range(10), "squares", progress=False) == [x * x for x in range(10)]
+    assert map_views(lambda x: x, [], "nothing", progress=False) == []
+
+    def bad(x):
+        if x == 3:
+            raise ValueError("view 3 is broken")
+        return x
+
+    with pytest.raises(ValueError, match="view 3"):
+        map_views(bad, range(6), "views", progress=False)

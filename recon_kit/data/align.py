@@ -7,8 +7,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from tqdm import tqdm
-from recon_kit.data.capture import Capture
+from recon_kit.data.capture import Capture, map_views
 from recon_kit.io.images import fit_size
 from recon_kit.data.masks import foreground_masks
 from recon_kit.data.masks import mask_iou
@@ -84,17 +83,16 @@ def align_capture(capture: Capture, foreground: dict[str, np.ndarray] | None = N
     kept only if it raises the full-resolution IoU (``view.similarity`` holds what was applied).
     """
     foreground = foreground_masks(capture) if foreground is None else foreground
-    views = []
-    for v in tqdm(capture.views, desc="align depth", disable=not progress):
+    def aligned(v):
         if v.depth is None:
-            views.append(v)
-            continue
+            return v
         fg, dmask = foreground[v.name], v.depth > 0
         sim = estimate_similarity(dmask, fg, work_size=work_size)
         depth = sim.warp(v.depth)
         if sim.is_identity or mask_iou(depth > 0, fg) <= mask_iou(dmask, fg):
-            views.append(replace(v, similarity=Similarity()))
-            continue
+            return replace(v, similarity=Similarity())
         mask = depth > 0 if capture.mask_source == "depth" else v.mask
-        views.append(replace(v, depth=depth, mask=mask, similarity=sim))
+        return replace(v, depth=depth, mask=mask, similarity=sim)
+
+    views = map_views(aligned, capture.views, "align depth", progress)
     return capture.with_views(views)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+from tqdm.contrib.concurrent import thread_map
 
 from recon_kit.cameras import AXIS_VIEWS, Camera, axis_rig_c2w
 from recon_kit.io.images import DataError
@@ -23,6 +25,20 @@ from recon_kit.io.images import resize_nearest
 from recon_kit.io.transforms import Missing, _missing
 from recon_kit.io.validate import case_clashes, is_greyscale
 from scipy import ndimage as ndi
+
+
+T = TypeVar("T")
+
+
+def map_views(fn: Callable[..., T], items: Iterable, desc: str, progress: bool = True) -> list[T]:
+    """``[fn(x) for x in items]``, one thread per item (up to the core count), results in order.
+
+    Per-view image work (decoding, numpy, scipy.ndimage, OpenCV, PNG encoding) releases the GIL, so a capture's
+    views are prepared side by side; an exception from any view is raised here.
+    """
+    items = list(items)
+    workers = max(1, min(len(items), os.cpu_count() or 1))
+    return thread_map(fn, items, max_workers=workers, desc=desc, disable=not progress, tqdm_class=tqdm)
 
 
 @dataclass
@@ -160,11 +176,10 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
     if not names:
         raise DataError(f"no views found in {folder} that have both a photo and a pose; check transforms.json")
 
-    out, notes = [], []
-    for n in tqdm(names, desc="load views", disable=not progress):
+    def load(n: str) -> tuple[CaptureView, str | None]:
         rgb, alpha = read_rgb(images[n])
-        if is_greyscale(images[n]):
-            notes.append(f"note: {images[n]} is a greyscale photo; converted to RGB (grey colours will be learned)")
+        note = (f"note: {images[n]} is a greyscale photo; converted to RGB (grey colours will be learned)"
+                if is_greyscale(images[n]) else None)
         H, W = rgb.shape[:2]
         w, h = fit_size(W, H, max_size) if max_size is not None and max(W, H) > max_size else (W, H)
         cam = cams[n] if cams is not None else Camera.from_fov(axis_rig_c2w(n, distance), camera_angle_x, W, H)
@@ -181,7 +196,10 @@ def load_capture(folder: str | Path, views: Sequence[str] | None = None, *, max_
             rgb = resize_area(rgb, w, h)
             alpha = None if alpha is None else np.asarray(Image.fromarray(alpha).resize((w, h), Image.BOX))
         cam.name = n
-        out.append(CaptureView(n, rgb, cam, images[n], alpha, depth, depth_path))
+        return CaptureView(n, rgb, cam, images[n], alpha, depth, depth_path), note
+
+    loaded = map_views(load, names, "load views", progress)
+    out, notes = [v for v, _ in loaded], [note for _, note in loaded if note is not None]
     return Capture(folder, out, pose_source, notes=notes)
 
 

@@ -33,10 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from recon_kit.cameras import Camera
-from recon_kit.data.capture import Capture
+from recon_kit.data.capture import Capture, map_views
 from recon_kit.io.images import DataError
 from recon_kit.data.masks import MaskSource
 from recon_kit.io.transforms import Missing
@@ -104,18 +103,19 @@ def write_dataset(capture: Capture, output_dir: str | Path, resolutions: Iterabl
 def _write_resolution(capture: Capture, r: int, folder: Path, tmp: Path, has_depth: bool, progress: bool) -> Path:
     """One ``<res>/`` folder, written into ``tmp`` and renamed to ``folder`` when complete."""
     (tmp / "train").mkdir(parents=True)
-    cams, files, dfiles, depths = [], [], [], []
-    for v in tqdm(capture.views, desc=f"write {r}px", disable=not progress):
+    def write(v):
         W, H = v.size
         w, h = fit_size(W, H, r)
         rgb = resize_area(v.rgb, w, h)
         alpha = np.clip(resize_area(v.mask.astype(np.float32), w, h) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         Image.fromarray(np.dstack([rgb, alpha])).save(tmp / "train" / f"{v.name}.png")
-        cams.append(v.camera.resized(w, h))
-        files.append(f"train/{v.name}.png")
-        if v.depth is not None:
-            depths.append(resize_nearest(v.depth, w, h))
-        dfiles.append(f"depth/{v.name}.png" if v.depth is not None else None)
+        return v.camera.resized(w, h), None if v.depth is None else resize_nearest(v.depth, w, h)
+
+    written = map_views(write, capture.views, f"write {r}px", progress)
+    cams = [cam for cam, _ in written]
+    files = [f"train/{v.name}.png" for v in capture.views]
+    depths = [d for _, d in written if d is not None]
+    dfiles = [f"depth/{v.name}.png" if v.depth is not None else None for v in capture.views]
     scale = 1.0
     if has_depth:
         (tmp / "depth").mkdir()

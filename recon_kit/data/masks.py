@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from recon_kit.data.capture import Capture
+from recon_kit.data.capture import Capture, map_views
 from recon_kit.io.images import DataError
 from recon_kit.io.images import resize_nearest
 
@@ -22,6 +23,32 @@ MaskSource = Literal["depth", "alpha", "background"]
 
 #: Holes above this fraction of the mask's area are kept (the demo object's handle hole is about 10 %).
 MAX_SPECK_FRACTION: float = 0.02
+
+
+def binary_erode(mask: np.ndarray, iterations: int = 1, square: bool = False) -> np.ndarray:
+    """Binary erosion with a 3x3 cross (``square``: 3x3 box), outside the image counted as background: the result
+    of ``scipy.ndimage.binary_erosion`` (its default structure), through OpenCV (tens of times faster)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT if square else cv2.MORPH_CROSS, (3, 3))
+    return cv2.erode(np.asarray(mask, np.uint8), kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT,
+                     borderValue=0).astype(bool)
+
+
+def binary_open(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary opening with a 3x3 box, as ``scipy.ndimage.binary_opening(mask, np.ones((3, 3)), iterations)``."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+    m = binary_erode(mask, iterations, square=True).astype(np.uint8)
+    return cv2.dilate(m, kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every enclosed hole filled: ``scipy.ndimage.binary_fill_holes``'s result (background
+    4-connected to the image border stays), found by labelling the background once instead of dilating from
+    the border step by step."""
+    m = np.asarray(mask, dtype=bool)
+    labels, _ = ndi.label(~m)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    enclosed = ~m & ~np.isin(labels, border[border > 0])
+    return m | enclosed if m.size else m
 
 
 def fill_small_holes(mask: np.ndarray, max_fraction: float | None = MAX_SPECK_FRACTION,
@@ -34,7 +61,7 @@ def fill_small_holes(mask: np.ndarray, max_fraction: float | None = MAX_SPECK_FR
     ``True`` in ``background`` (pixels known to be background, same shape as the mask).
     """
     m = np.asarray(mask, dtype=bool)
-    filled = ndi.binary_fill_holes(m)
+    filled = fill_holes(m)
     if max_fraction is None:
         return filled
     holes = filled & ~m
@@ -62,7 +89,7 @@ def clean_mask(mask: np.ndarray, opening: int = 1, min_component: float = 0.01, 
     """
     m = np.asarray(mask, dtype=bool)
     if opening > 0:
-        m = ndi.binary_opening(m, structure=np.ones((3, 3), bool), iterations=opening)
+        m = binary_open(m, opening)
     if min_component > 0:
         labels, n = ndi.label(m)
         if n > 1:
@@ -127,7 +154,7 @@ def trim_to_photo(mask: np.ndarray, rgb: np.ndarray, rim_px: int, background=Non
     if rim_px <= 0 or not m.any():
         return m
     bg_like = background_distance(rgb, background) <= tol
-    rim = m & ~ndi.binary_erosion(m, iterations=int(rim_px))
+    rim = m & ~binary_erode(m, int(rim_px))
     labels, _ = ndi.label(bg_like & (rim | ~m))
     outside = np.unique(labels[~m & bg_like])
     reach = np.isin(labels, outside[outside > 0])
@@ -140,13 +167,15 @@ def trim_masks(capture: Capture, rim_px: float, background=None, tol: float = 20
     only reads the mask's interior). The capture's notes say how many pixels each view lost."""
     if rim_px <= 0:
         return capture
-    views, notes = [], []
-    for v in capture.views:
+    def trim(v):
         r = max(1, round(rim_px * v.rgb.shape[1] / 1024))
         mask = trim_to_photo(v.mask, v.rgb, r, background, tol)
-        notes.append(f"{v.name}: {int(v.mask.sum() - mask.sum())} mask pixels trimmed where the photo shows "
-                     f"background (rim {r} px)")
-        views.append(replace(v, mask=mask))
+        note = (f"{v.name}: {int(v.mask.sum() - mask.sum())} mask pixels trimmed where the photo shows "
+                f"background (rim {r} px)")
+        return replace(v, mask=mask), note
+
+    trimmed = map_views(trim, capture.views, "trim masks", progress=False)
+    views, notes = [v for v, _ in trimmed], [n for _, n in trimmed]
     return capture.with_views(views, notes=list(capture.notes) + notes)
 
 
@@ -177,8 +206,8 @@ def compute_masks(capture: Capture, source: MaskSource = "depth", *, background=
     lose specks and get speck holes filled (:func:`clean_depth`), so ``depth > 0`` stays a clean mask.
     """
     clean = dict(opening=opening, min_component=min_component)
-    views = []
-    for v in capture.views:
+
+    def masked(v):
         depth = None if v.depth is None else clean_depth(v.depth, **clean)
         if source == "depth":
             if depth is None:
@@ -198,13 +227,16 @@ def compute_masks(capture: Capture, source: MaskSource = "depth", *, background=
         if not mask.any():
             raise DataError(f"view {v.name!r}: the {source} mask from {origin} is empty (no foreground pixels); "
                             "check that file or choose another mask_source")
-        views.append(replace(v, depth=depth, mask=mask))
+        return replace(v, depth=depth, mask=mask)
+
+    views = map_views(masked, capture.views, "masks", progress=False)
     return capture.with_views(views, mask_source=source)
 
 
 def foreground_masks(capture: Capture, background=None, tol: float = 20.0) -> dict[str, np.ndarray]:
     """Per view, the photo's foreground against its background colour (:func:`mask_from_background`)."""
-    return {v.name: mask_from_background(v.rgb, background, tol) for v in capture.views}
+    masks = map_views(lambda v: mask_from_background(v.rgb, background, tol), capture.views, "photo masks", False)
+    return {v.name: m for v, m in zip(capture.views, masks)}
 
 
 def mask_agreement(capture: Capture, foreground: dict[str, np.ndarray] | None = None) -> dict[str, float]:

@@ -39,7 +39,8 @@ MaterialFn = Callable[["GBuffer", Rasterizer], dict]
 
 @dataclass
 class GBuffer:
-    """Per-pixel surface quantities of one rasterised batch; every tensor is [B,H,W,C]."""
+    """Per-pixel surface quantities of one rasterised batch; every tensor is [B,H,W,C] except ``face_normals``,
+    the mesh's per-face table [F,3] (looked up at the covered pixels only: :meth:`face_normal_rows`)."""
 
     rast: torch.Tensor
     pos_clip: torch.Tensor
@@ -47,7 +48,7 @@ class GBuffer:
     mask: torch.Tensor
     pos: torch.Tensor
     normal: torch.Tensor
-    face_normal: torch.Tensor
+    face_normals: torch.Tensor
     tangent: torch.Tensor
     depth: torch.Tensor
     uv: torch.Tensor | None = None
@@ -63,6 +64,14 @@ class GBuffer:
     def rows(self, image: torch.Tensor) -> torch.Tensor:
         """The covered pixels' values ``[N,C]`` of a ``[B,H,W,C]`` image (``index_select``: no sort in backward)."""
         return image.reshape(-1, image.shape[-1]).index_select(0, self.pixels())
+
+    def face_normal_rows(self) -> torch.Tensor:
+        """The geometric normal ``[N,3]`` of the triangle under each covered pixel.
+
+        Looked up at the covered pixels only: a per-pixel image would send every background pixel's (zero)
+        gradient to one face, millions of atomic adds on one address in the backward."""
+        tid = self.rows(self.rast[..., 3:4].detach()).reshape(-1).long() - 1
+        return self.face_normals.index_select(0, tid)
 
     def scatter(self, values: torch.Tensor, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
         """``[N,C]`` values of the covered pixels back into a ``[B,H,W,C]`` image over ``fill`` (differentiable
@@ -101,9 +110,6 @@ def rasterize_mesh(rasterizer: Rasterizer, mesh: Mesh, mvp: torch.Tensor, w2c: t
     nrm, _ = rasterizer.interpolate(v_nrm, rast, tri)
     cam_z = torch.einsum("vi,bji->bvj", F.pad(mesh.v_pos, (0, 1), value=1.0), w2c)[..., 2:3]
     depth, _ = rasterizer.interpolate(-cam_z.contiguous(), rast, tri)
-    fn = face_normals(mesh.v_pos, mesh.t_pos_idx)
-    tid = (rast[..., 3].long() - 1).clamp_min(0)
-    face_n = fn.index_select(0, tid.reshape(-1)).view(*tid.shape, 3) * mask  # not fn[tid]: its backward sorts
     uv = uv_da = None
     if mesh.has_uv:
         uv, uv_da = rasterizer.interpolate(mesh.v_tex, rast, mesh.t_tex_idx.int(), rast_db=rast_db, diff_attrs="all")
@@ -112,7 +118,7 @@ def rasterize_mesh(rasterizer: Rasterizer, mesh: Mesh, mvp: torch.Tensor, w2c: t
     else:
         tng = frame_from_normal(F.normalize(nrm, dim=-1, eps=1e-8))
     return GBuffer(rast=rast, pos_clip=pos_clip, tri=tri, mask=mask, pos=pos,
-                   normal=F.normalize(nrm, dim=-1, eps=1e-8), face_normal=face_n,
+                   normal=F.normalize(nrm, dim=-1, eps=1e-8), face_normals=face_normals(mesh.v_pos, mesh.t_pos_idx),
                    tangent=F.normalize(tng, dim=-1, eps=1e-8), depth=depth, uv=uv, uv_da=uv_da)
 
 
@@ -218,7 +224,7 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
         pbr = bsdf in ("pbr", "diffuse")
         shader = compiled_shader() if (pos.is_cuda if compile is None else compile) else shade_pixels
         maps, lut = (light.maps(), fg_lut(device=pos.device)) if pbr else (None, None)
-        rows = (pos, campos, gb.rows(gb.face_normal), gb.rows(gb.normal), gb.rows(gb.tangent),
+        rows = (pos, campos, gb.face_normal_rows(), gb.rows(gb.normal), gb.rows(gb.tangent),
                 None if n_map is None else gb.rows(n_map), gb.rows(mat["kd"]), gb.rows(mat["ks"]))
         if shade_chunk > 0 and torch.is_grad_enabled() and pos.shape[0] > shade_chunk:
             rgb, n_shade = shade_in_chunks(shader, shade_chunk, maps, lut, *rows, bsdf=bsdf)
