@@ -281,8 +281,6 @@ class Trainer:
             share = len(idx) // self.world_size
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
         sel = idx.to(self.device)                     # the step's one host-to-device copy (docs/host_syncs.md)
-        cams = (self.cam_refiner(sel) if self.cam_refiner is not None
-                else {k: v.index_select(0, sel) for k, v in self._view_mats.items()})
 
         with record_function("rk.extract"):
             mesh = self.current_mesh()
@@ -296,24 +294,39 @@ class Trainer:
         self._zero_grad()
         n, size = len(sel), (cfg.view_chunk or len(sel))
         starts = list(range(0, n, size))
+        shared = mesh.v_pos
+        if len(starts) > 1 and shared.requires_grad:
+            # the chunks render a detached copy of the vertices, so each chunk's graph is freed by its own
+            # backward (no retain_graph, which compiled shading forbids); the vertices' gradient, summed over
+            # the chunks, goes through the extraction once at the end
+            mesh = mesh.with_positions(shared.detach().requires_grad_())
         logged: dict[str, torch.Tensor] = {}
         for start in starts:
-            part = slice(start, start + size)
-            losses = self._view_losses(mesh, sel[part], {k: v[part] for k, v in cams.items()}, bg[part], t)
+            part = sel[start:start + size]
+            losses = self._view_losses(mesh, part, self._cameras(part), bg[start:start + size], t)
             if len(starts) > 1:                       # a chunk's share of the step's views
-                weight = (min(start + size, n) - start) / n
+                weight = len(part) / n
                 losses = {k: v * weight for k, v in losses.items()}
             if start == starts[-1]:
                 losses.update(self._step_terms(t))    # once per step, with the last chunk
             total = sum(losses.values())
             with record_function("rk.backward"):
-                total.backward(retain_graph=start != starts[-1])  # mesh, cameras: shared by the chunks
+                total.backward()
             losses["total"] = total
             for k, v in losses.items():
                 logged[k] = v.detach() if k not in logged else logged[k] + v.detach()
+        if mesh.v_pos is not shared and mesh.v_pos.grad is not None:
+            with record_function("rk.backward"):
+                shared.backward(mesh.v_pos.grad)
         with record_function("rk.optimizer_step"):
             self._optimizer_step()
         return logged
+
+    def _cameras(self, sel: torch.Tensor) -> dict:
+        """``mvp``, ``w2c``, ``campos`` of views ``sel``: the refined cameras, or the dataset's."""
+        if self.cam_refiner is not None:
+            return self.cam_refiner(sel)
+        return {k: v.index_select(0, sel) for k, v in self._view_mats.items()}
 
     def _step_terms(self, t: float) -> dict:
         """The losses that do not depend on the views: light, camera and geometry regularisers."""
