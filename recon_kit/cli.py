@@ -286,7 +286,7 @@ class Train:
     With --nproc N, N data-parallel processes through torchrun (docs/distributed.md)."""
 
     preset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PRESET")]
-    """Preset name (cpu-small, gpu-default, gpu-fast, gpu-calibrated, seed-nvdiffrec) or a config JSON file (kit or nvdiffrec format); under
+    """Preset name (cpu-small, gpu-default, gpu-fast, gpu-minute, gpu-calibrated, seed-nvdiffrec) or a config JSON file (kit or nvdiffrec format); under
     torchrun also 'auto' (gpu-default on CUDA, cpu-small on the CPU)."""
     dataset_dir: Path | None = None
     """Prepared dataset folder (default: the largest data/<res> of --workspace)."""

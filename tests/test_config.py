@@ -44,6 +44,13 @@ def test_gpu_fast_is_gpu_default_with_a_shorter_all_view_schedule():
             and k not in ("compile", "snapshot_every")}
     assert same == {k: C.flatten(fast)[k] for k in same}
     assert default.pass1.batch == 2 and default.pass1.iterations == 5000  # building gpu-fast left it alone
+    minute = C.preset("gpu-minute")
+    assert (minute.pass1.iterations, minute.pass2.iterations, minute.pass1.batch) == (300, 400, 6)
+    for pc in (minute.pass1, minute.pass2):                 # each decay reaches 0.1 at its pass's end
+        assert pc.lr_decay * pc.iterations == pytest.approx(1.0, rel=0.01)
+    schedule = {f"{p}.{k}" for p in ("pass1", "pass2") for k in ("iterations", "lr_decay")}
+    assert {k: v for k, v in C.flatten(minute).items() if k not in schedule} == \
+        {k: v for k, v in C.flatten(fast).items() if k not in schedule}    # gpu-fast's recipe, shorter
     assert C.preset("gpu-default").cameras.refine and C.preset("gpu-default").loss.depth_end == 0.0
     calibrated = C.preset("gpu-calibrated")
     assert not calibrated.cameras.refine and calibrated.loss.depth_end == 1.0 and calibrated.loss.edge_px == 8.0
