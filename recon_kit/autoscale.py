@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from recon_kit.cameras import Camera
-from recon_kit.model.hull import view_votes
+from recon_kit.model.hull import spanned_bounds, view_votes, working_set
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ def fit_mesh_scale(cameras: Sequence[Camera], masks: torch.Tensor, margin: float
                    mask_size: int = 128) -> ScaleFit:
     """Fit ``mesh_scale`` to the visual hull of ``masks`` [N,H,W] seen by ``cameras``; raises when the masks carve
     nothing (empty masks, wrong poses: notebook 02 tells which)."""
-    from recon_kit.posecheck import _working_set, spanned_bounds
-
-    cams, m = _working_set(list(cameras), masks.float(), mask_size)
+    cams, m = working_set(list(cameras), masks.float(), mask_size)
     lo, hi = spanned_bounds(cams)
     side = 4.0 * hi
     for _ in range(3):

@@ -28,13 +28,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from recon_kit.cameras import (Camera, Correction, can_use_pixel_map, apply_pixel_map, corrected_camera, corrections,
                                focal_from_fov)
 from recon_kit.data.dataset import load_viewset
 from recon_kit.io.transforms import load_cameras, transforms_path, write_corrected_transforms
-from recon_kit.model.hull import HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds, view_votes
+from recon_kit.model.hull import (HullGrid, Votes, as_mask_tensor, carve, project_silhouette, resolve_bounds,
+                                  spanned_bounds, view_votes, working_set)
 
 
 @dataclass
@@ -158,18 +158,6 @@ def _unpack(data, masks) -> tuple[list[Camera], torch.Tensor, list[str]]:
     return cams, m, names
 
 
-def _working_set(cameras: Sequence[Camera], masks: torch.Tensor, mask_size: int | None
-                 ) -> tuple[list[Camera], torch.Tensor]:
-    """Masks area-downsampled so the long side is at most ``mask_size``, and cameras matching them."""
-    h, w = masks.shape[1:]
-    if mask_size is not None and max(h, w) > mask_size:
-        s = mask_size / max(h, w)
-        h, w = max(1, round(h * s)), max(1, round(w * s))
-        masks = F.interpolate(masks[:, None], size=(h, w), mode="area")[:, 0]
-    cams = [c if (c.width, c.height) == (w, h) else c.resized(w, h) for c in cameras]
-    return cams, masks
-
-
 def _scores(pred: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
     """IoU, precision and recall of a predicted silhouette against a mask."""
     p, g = pred > 0.5, mask > 0.5
@@ -260,7 +248,7 @@ def view_consistency(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0), mas
     from few views is fat). ``cameras`` may also be a ViewSet (then ``masks`` is None).
     """
     cams, m, names = _unpack(cameras, masks)
-    cams, m = _working_set(cams, m, mask_size)
+    cams, m = working_set(cams, m, mask_size)
     return _consistency(cams, m, names, bounds, res, abs_threshold, rel_threshold, min_gain, mirror_margin)
 
 
@@ -311,7 +299,7 @@ def suggest_fixes(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0), mask_s
     mirror-symmetric view (a shoe from the front) cannot be told from the right one.
     """
     cams, m, names = _unpack(cameras, masks)
-    work, m = _working_set(cams, m, mask_size)
+    work, m = working_set(cams, m, mask_size)
     fixes, _, _ = _suggest(list(work), m, names, cams, bounds, res, abs_threshold, rel_threshold, min_gain,
                            mirror_margin, max_fixes)
     return fixes
@@ -330,14 +318,6 @@ def rescaled_cameras(cameras: Sequence[Camera], angle: float | None, distance: f
             fy = fx * c.fy / c.fx
         out.append(replace(c, c2w=c2w, fx=fx, fy=fy, meta=dict(c.meta)))
     return out
-
-
-def spanned_bounds(cameras: Sequence[Camera]) -> tuple[float, float]:
-    """The cube the images span at the origin: half-size ``mean distance * tan(mean camera_angle_x / 2)``, so
-    the volume follows the object's apparent size when the field of view changes."""
-    dist = float(np.mean([np.linalg.norm(c.position) for c in cameras]))
-    half = dist * math.tan(0.5 * float(np.mean([c.camera_angle_x for c in cameras])))
-    return -half, half
 
 
 def silhouette_coverage(cameras: Sequence[Camera], masks: torch.Tensor, bounds, res: int) -> list[float]:
@@ -377,7 +357,7 @@ def calibrate(cameras, masks=None, angles: Sequence[float] = tuple(np.linspace(0
     axis views), so ``best_angle`` is the middle of the run of angles within ``plateau`` of the best score.
     """
     cams, m, names = _unpack(cameras, masks)
-    cams, m = _working_set(cams, m, mask_size)
+    cams, m = working_set(cams, m, mask_size)
 
     def score(angle: float | None, d: float | None) -> list[float]:
         cs = rescaled_cameras(cams, angle, d)
@@ -427,7 +407,7 @@ def sanity_flags(cameras, masks=None, bounds=(-1.0, 1.0), hull: HullGrid | None 
             hint = ("it looks away from the volume: the camera z column probably has the wrong sign (cameras "
                     "look down -z)" if looks_away else "check the translation and rotation of this view")
             flags.append(Flag(name, "misses_volume", f"the optical axis misses the reconstruction volume; {hint}."))
-    _, mw = _working_set(cams, m, mask_size)
+    _, mw = working_set(cams, m, mask_size)
     for i, name in enumerate(names):
         mk = mw[i] > 0.5
         area = float(mk.float().mean())
@@ -442,7 +422,7 @@ def sanity_flags(cameras, masks=None, bounds=(-1.0, 1.0), hull: HullGrid | None 
         if touched:
             flags.append(Flag(name, "clipped", f"the object touches the {', '.join(touched)} image border(s) and "
                                                "is cut off: move the camera back or re-frame the photo."))
-    work, mw = _working_set(cams, m, 128)
+    work, mw = working_set(cams, m, 128)
     if hull is None:
         hull = carve(work, mw, bounds=box, res=res, min_seen=min(2, len(work)))
     faces = [f for f, t in hull.touches_bounds().items() if t]
@@ -475,7 +455,7 @@ def check_poses(data, masks=None, *, bounds=(-1.0, 1.0), res: int = 64, mask_siz
     silhouettes and another angle does clearly better; otherwise it is reported in the summary.
     """
     cams, m, names = _unpack(data, masks)
-    work, mw = _working_set(cams, m, mask_size)
+    work, mw = working_set(cams, m, mask_size)
     fixes, table, after = _suggest(list(work), mw, names, cams, bounds, res, abs_threshold, rel_threshold, min_gain,
                                    mirror_margin, None)
     by_view = {f.index: f for f in fixes}
@@ -515,7 +495,7 @@ def predicted_silhouettes(cameras, masks=None, res: int = 64, bounds=(-1.0, 1.0)
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per view, the silhouette the *other* views predict and the mask, both ``[N,h,w]`` at the working size."""
     cams, m, _ = _unpack(cameras, masks)
-    cams, m = _working_set(cams, m, mask_size)
+    cams, m = working_set(cams, m, mask_size)
     votes = view_votes(cams, m, bounds, res, m.device)
     pred = torch.stack([project_silhouette(_loo_hull(votes, [i]), c) for i, c in enumerate(cams)])
     return pred, m

@@ -64,6 +64,26 @@ def fit_camera(camera: Camera, width: int, height: int) -> Camera:
     return camera.resized(width, height)
 
 
+def working_set(cameras: Sequence[Camera], masks: torch.Tensor, mask_size: int | None
+                ) -> tuple[list[Camera], torch.Tensor]:
+    """Masks area-downsampled so the long side is at most ``mask_size``, and cameras matching them."""
+    h, w = masks.shape[1:]
+    if mask_size is not None and max(h, w) > mask_size:
+        s = mask_size / max(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
+        masks = F.interpolate(masks[:, None], size=(h, w), mode="area")[:, 0]
+    cams = [c if (c.width, c.height) == (w, h) else c.resized(w, h) for c in cameras]
+    return cams, masks
+
+
+def spanned_bounds(cameras: Sequence[Camera]) -> tuple[float, float]:
+    """The cube the images span at the origin: half-size ``mean distance * tan(mean camera_angle_x / 2)``, so
+    the volume follows the object's apparent size when the field of view changes."""
+    dist = float(np.mean([np.linalg.norm(c.position) for c in cameras]))
+    half = dist * math.tan(0.5 * float(np.mean([c.camera_angle_x for c in cameras])))
+    return -half, half
+
+
 def project_points(points: torch.Tensor, cameras: Sequence[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel coordinates ``[N,P,2]`` and depths ``[N,P]`` of world points ``[P,3]`` in ``N`` cameras at once."""
     dev, dt = points.device, points.dtype
