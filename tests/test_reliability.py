@@ -512,3 +512,22 @@ def test_sigkill_in_every_phase_resumes_to_the_same_result(dataset, tmp_path):
     np.testing.assert_allclose(_obj_vertices(run), _obj_vertices(full), atol=1e-6)
     totals = [json.loads(ln)["total"] for ln in (run / "history.jsonl").read_text().splitlines()]
     assert totals == pytest.approx([json.loads(ln)["total"] for ln in (full / "history.jsonl").read_text().splitlines()])
+
+
+def test_out_of_memory_names_the_settings_that_fit(tmp_path, demo_dataset):
+    """A step that runs out of device memory stops with one line naming view_chunk / shade_chunk and resume."""
+    from recon_kit.data.dataset import load_viewset
+    from recon_kit.train.trainer import OutOfDeviceMemory, Trainer
+
+    cfg = config.resolve("cpu-small", {"data.resolution": 32, "geometry.grid_res": 16, "device": "cpu"})
+    tr = Trainer(cfg, load_viewset(demo_dataset(64, 32, 0)))
+
+    def oom():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    tr._step = oom
+    with pytest.raises(OutOfDeviceMemory) as err:
+        tr.step()
+    msg = str(err.value)
+    assert "pass1 step 0" in msg and "--set view_chunk=1 --set shade_chunk=262144" in msg
+    assert "--resume --allow-changes" in msg and "\n" not in msg
