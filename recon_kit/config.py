@@ -385,7 +385,8 @@ PRESETS: dict[str, dict] = {
                                        "pass2": {"iterations": 1600, "batch": 6, "warmup": 50, "lr_decay": 0.000625},
                                        "snapshot_every": 0, "compile": "off"}),
     # gpu-fast's recipe cut to the one-minute budget of issue 15: 300 + 400 steps of all 6 views, each pass's
-    # learning-rate decay reaching 0.1 at its end. The shoe: 36.6-36.8 dB in 46-52 s end to end on an H200,
+    # learning-rate decay scaled to its length (lr_decay = 1 / iterations: 0.1 at pass 1's end, 0.13 at pass 2's
+    # after its 50 warm-up steps). The shoe: 36.6-36.8 dB in 46-52 s end to end on an H200,
     # rougher in novel views like gpu-fast (docs/benchmarks.md section 12).
     "gpu-minute": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 300, "batch": 6, "lr_decay": 0.00333},
                                          "pass2": {"iterations": 400, "batch": 6, "warmup": 50, "lr_decay": 0.0025},

@@ -31,13 +31,13 @@ import torch  # noqa: E402
 from recon_kit.data import capture as rk_capture
 from recon_kit.data import masks as rk_masks
 from recon_kit import posecheck
-from recon_kit.model.hull import project_depth, view_votes  # noqa: F401
+from recon_kit.model.hull import project_depth, spanned_bounds, view_votes  # noqa: F401
 
 
 def depth_fits(cameras, masks: torch.Tensor, depths: torch.Tensor, angle: float, res: int) -> tuple[float, float]:
     """(mean R^2, slope spread) of per-view affine fits of the hull's depth to the depth maps at ``angle``."""
     cams = posecheck.rescaled_cameras(cameras, angle)
-    hull = view_votes(cams, masks, posecheck.spanned_bounds(cams), res).hull(None, min_seen=len(cams))
+    hull = view_votes(cams, masks, spanned_bounds(cams), res).hull(None, min_seen=len(cams))
     r2, slopes = [], []
     for cam, ref in zip(cams, depths):
         pred = project_depth(hull, cam)

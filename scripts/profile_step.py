@@ -19,9 +19,10 @@ from recon_kit.train import trainer
 
 
 def launch_summary(prof, steps: int) -> str:
-    """Per step: kernels launched, their summed device time, and the host round trips (syncs, copies).
+    """Per step: the device activities (kernels, memcpy and memset) with their summed time, and the most frequent
+    CUDA runtime calls (launches, synchronisations, copies).
 
-    Summed kernel time far below the wall time per step means the GPU waits on the host (launch- or sync-bound).
+    Summed device time far below the wall time per step means the GPU waits on the host (launch- or sync-bound).
     """
     events = prof.events()
     kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
@@ -31,7 +32,7 @@ def launch_summary(prof, steps: int) -> str:
         if e.name.startswith("cuda") and getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU:
             runtime[e.name] = runtime.get(e.name, 0) + 1
     calls = ", ".join(f"{k} {v / steps:.1f}" for k, v in sorted(runtime.items(), key=lambda kv: -kv[1])[:8])
-    return (f"per step: {len(kernels) / steps:.0f} kernels, {kernel_ms / steps:.2f} ms summed kernel time; "
+    return (f"per step: {len(kernels) / steps:.0f} device activities, {kernel_ms / steps:.2f} ms summed device time; "
             f"runtime calls per step: {calls}")
 
 

@@ -46,8 +46,11 @@ def test_gpu_fast_is_gpu_default_with_a_shorter_all_view_schedule():
     assert default.pass1.batch == 2 and default.pass1.iterations == 5000  # building gpu-fast left it alone
     minute = C.preset("gpu-minute")
     assert (minute.pass1.iterations, minute.pass2.iterations, minute.pass1.batch) == (300, 400, 6)
-    for pc in (minute.pass1, minute.pass2):                 # each decay reaches 0.1 at its pass's end
+    from recon_kit.train.trainer import lr_factor
+
+    for pc in (minute.pass1, minute.pass2):                 # each decay scaled to its pass's length
         assert pc.lr_decay * pc.iterations == pytest.approx(1.0, rel=0.01)
+        assert 0.09 < lr_factor(pc.iterations, pc.warmup, pc.lr_decay) < 0.14
     schedule = {f"{p}.{k}" for p in ("pass1", "pass2") for k in ("iterations", "lr_decay")}
     assert {k: v for k, v in C.flatten(minute).items() if k not in schedule} == \
         {k: v for k, v in C.flatten(fast).items() if k not in schedule}    # gpu-fast's recipe, shorter

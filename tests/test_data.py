@@ -562,9 +562,14 @@ def test_opencv_morphology_matches_scipy():
         for it in (1, 3, 8):
             assert (binary_erode(m, it) == ndi.binary_erosion(m, iterations=it)).all()
             assert (binary_open(m, it) == ndi.binary_opening(m, structure=np.ones((3, 3), bool), iterations=it)).all()
+        assert (binary_erode(m.astype(np.float32) * 0.5, 2) == ndi.binary_erosion(m, iterations=2)).all()
         for p in (0.3, 0.6):                          # holes of every size, some touching the border
             holey = ndi.binary_opening(rng.random(shape) > p)
             assert (rk_masks.fill_holes(holey) == ndi.binary_fill_holes(holey)).all()
+    empty = np.zeros((0, 5), bool)
+    assert binary_erode(empty).shape == binary_open(empty).shape == rk_masks.fill_holes(empty).shape == (0, 5)
+    with pytest.raises(ValueError, match="iterations must be >= 1"):
+        binary_erode(m, 0)
 
 
 def test_map_views_keeps_order_and_raises():

@@ -83,6 +83,7 @@ def align_capture(capture: Capture, foreground: dict[str, np.ndarray] | None = N
     kept only if it raises the full-resolution IoU (``view.similarity`` holds what was applied).
     """
     foreground = foreground_masks(capture) if foreground is None else foreground
+
     def aligned(v):
         if v.depth is None:
             return v

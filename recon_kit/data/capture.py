@@ -29,15 +29,20 @@ from scipy import ndimage as ndi
 
 T = TypeVar("T")
 
+#: At most this many views are worked on at once (each holds full-resolution images and float intermediates).
+MAX_VIEW_THREADS: int = 8
+
 
 def map_views(fn: Callable[..., T], items: Iterable, desc: str, progress: bool = True) -> list[T]:
-    """``[fn(x) for x in items]``, one thread per item (up to the core count), results in order.
+    """``[fn(x) for x in items]``, one thread per item (up to the usable cores and :data:`MAX_VIEW_THREADS`),
+    results in order.
 
     Per-view image work (decoding, numpy, scipy.ndimage, OpenCV, PNG encoding) releases the GIL, so a capture's
     views are prepared side by side; an exception from any view is raised here.
     """
     items = list(items)
-    workers = max(1, min(len(items), os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(len(items), cores, MAX_VIEW_THREADS))
     return thread_map(fn, items, max_workers=workers, desc=desc, disable=not progress, tqdm_class=tqdm)
 
 

@@ -103,6 +103,7 @@ def write_dataset(capture: Capture, output_dir: str | Path, resolutions: Iterabl
 def _write_resolution(capture: Capture, r: int, folder: Path, tmp: Path, has_depth: bool, progress: bool) -> Path:
     """One ``<res>/`` folder, written into ``tmp`` and renamed to ``folder`` when complete."""
     (tmp / "train").mkdir(parents=True)
+
     def write(v):
         W, H = v.size
         w, h = fit_size(W, H, r)

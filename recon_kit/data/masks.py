@@ -27,16 +27,27 @@ MAX_SPECK_FRACTION: float = 0.02
 
 def binary_erode(mask: np.ndarray, iterations: int = 1, square: bool = False) -> np.ndarray:
     """Binary erosion with a 3x3 cross (``square``: 3x3 box), outside the image counted as background: the result
-    of ``scipy.ndimage.binary_erosion`` (its default structure), through OpenCV (tens of times faster)."""
+    of ``scipy.ndimage.binary_erosion`` (its default structure), through OpenCV (tens of times faster).
+    ``iterations`` must be >= 1 (scipy's 0, "until nothing changes", is not offered)."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    m = _as_uint8_mask(mask)
+    if m.size == 0:
+        return m.astype(bool)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT if square else cv2.MORPH_CROSS, (3, 3))
-    return cv2.erode(np.asarray(mask, np.uint8), kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT,
-                     borderValue=0).astype(bool)
+    return cv2.erode(m, kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+
+
+def _as_uint8_mask(mask: np.ndarray) -> np.ndarray:
+    return (np.asarray(mask) != 0).astype(np.uint8)
 
 
 def binary_open(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     """Binary opening with a 3x3 box, as ``scipy.ndimage.binary_opening(mask, np.ones((3, 3)), iterations)``."""
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     m = binary_erode(mask, iterations, square=True).astype(np.uint8)
+    if m.size == 0:
+        return m.astype(bool)
     return cv2.dilate(m, kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
@@ -45,10 +56,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     4-connected to the image border stays), found by labelling the background once instead of dilating from
     the border step by step."""
     m = np.asarray(mask, dtype=bool)
+    if m.size == 0:
+        return m
     labels, _ = ndi.label(~m)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    enclosed = ~m & ~np.isin(labels, border[border > 0])
-    return m | enclosed if m.size else m
+    return m | (~m & ~np.isin(labels, border[border > 0]))
 
 
 def fill_small_holes(mask: np.ndarray, max_fraction: float | None = MAX_SPECK_FRACTION,
@@ -154,7 +166,7 @@ def trim_to_photo(mask: np.ndarray, rgb: np.ndarray, rim_px: int, background=Non
     if rim_px <= 0 or not m.any():
         return m
     bg_like = background_distance(rgb, background) <= tol
-    rim = m & ~binary_erode(m, int(rim_px))
+    rim = m & ~binary_erode(m, max(1, int(rim_px)))
     labels, _ = ndi.label(bg_like & (rim | ~m))
     outside = np.unique(labels[~m & bg_like])
     reach = np.isin(labels, outside[outside > 0])
@@ -167,6 +179,7 @@ def trim_masks(capture: Capture, rim_px: float, background=None, tol: float = 20
     only reads the mask's interior). The capture's notes say how many pixels each view lost."""
     if rim_px <= 0:
         return capture
+
     def trim(v):
         r = max(1, round(rim_px * v.rgb.shape[1] / 1024))
         mask = trim_to_photo(v.mask, v.rgb, r, background, tol)

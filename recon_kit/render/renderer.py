@@ -171,6 +171,8 @@ class _CompiledShader:
         if not self.failed:
             try:
                 return self.fn(*args, **kw)
+            except torch.cuda.OutOfMemoryError:
+                raise                  # not a compiler failure: the eager shading would need more memory still
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: stay eager
                 log.warning("torch.compile of the shading failed (%s: %s); using the eager version",
                             type(exc).__name__, exc)

@@ -281,8 +281,8 @@ class Trainer:
                     f"{total / 2**30:.1f} GiB")
         chunk = "" if self.cfg.view_chunk == 1 else " --set view_chunk=1"
         shade = "" if self.cfg.shade_chunk else " --set shade_chunk=262144"
-        lower = f"lower {self.pass_name}.batch or data.resolution"
-        fix = (f"render fewer views at once with{chunk}{shade} (2048², batch 6 fits in 10.7 GiB that way), or {lower}"
+        lower = "lower data.resolution" if self.cfg.view_chunk == 1 else f"lower {self.pass_name}.batch or data.resolution"
+        fix = (f"use less memory per view with{chunk}{shade} (2048², batch 6 fits in 10.7 GiB with both), or {lower}"
                if chunk or shade else lower)
         return (f"the GPU ran out of memory in {self.pass_name} step {self.it} ({W}x{H}, batch {pc.batch}{held}); "
                 f"{fix}; an interrupted run continues with --resume --allow-changes")
@@ -321,6 +321,7 @@ class Trainer:
             # backward (no retain_graph, which compiled shading forbids); the vertices' gradient, summed over
             # the chunks, goes through the extraction once at the end
             mesh = mesh.with_positions(shared.detach().requires_grad_())
+        detached = mesh.v_pos is not shared
         logged: dict[str, torch.Tensor] = {}
         for start in starts:
             part = sel[start:start + size]
@@ -328,7 +329,7 @@ class Trainer:
             if len(starts) > 1:                       # a chunk's share of the step's views
                 weight = len(part) / n
                 losses = {k: v * weight for k, v in losses.items()}
-            if start == starts[-1]:
+            if start == starts[-1] and not detached:
                 losses.update(self._step_terms(t))    # once per step, with the last chunk
             total = sum(losses.values())
             with record_function("rk.backward"):
@@ -336,12 +337,30 @@ class Trainer:
             losses["total"] = total
             for k, v in losses.items():
                 logged[k] = v.detach() if k not in logged else logged[k] + v.detach()
-        if mesh.v_pos is not shared and mesh.v_pos.grad is not None:
-            with record_function("rk.backward"):
-                shared.backward(mesh.v_pos.grad)
+        if detached:
+            self._backward_shared(t, shared, mesh.v_pos.grad, logged)
         with record_function("rk.optimizer_step"):
             self._optimizer_step()
         return logged
+
+    def _backward_shared(self, t: float, v_pos: torch.Tensor, v_grad: torch.Tensor | None, logged: dict) -> None:
+        """After view chunks: the view-independent terms and the chunks' summed vertex gradient in one backward
+        (FlexiCubes' regulariser shares the extraction's graph with the vertices, so they go through it together)."""
+        terms = self._step_terms(t)
+        roots, grads = [], []
+        if terms:
+            terms_total = sum(terms.values())
+            logged.update({k: v.detach() for k, v in terms.items()})
+            logged["total"] = logged["total"] + terms_total.detach()
+            if terms_total.requires_grad:
+                roots.append(terms_total)
+                grads.append(None)
+        if v_grad is not None:
+            roots.append(v_pos)
+            grads.append(v_grad)
+        if roots:
+            with record_function("rk.backward"):
+                torch.autograd.backward(roots, grads)
 
     def _cameras(self, sel: torch.Tensor) -> dict:
         """``mvp``, ``w2c``, ``campos`` of views ``sel``: the refined cameras, or the dataset's."""
