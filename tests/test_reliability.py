@@ -517,7 +517,8 @@ def test_sigkill_in_every_phase_resumes_to_the_same_result(dataset, tmp_path):
 def test_out_of_memory_names_the_settings_that_fit(tmp_path, demo_dataset):
     """A step that runs out of device memory stops with one line naming view_chunk / shade_chunk and resume."""
     from recon_kit.data.dataset import load_viewset
-    from recon_kit.train.trainer import OutOfDeviceMemory, Trainer
+    from recon_kit.train.guard import OutOfDeviceMemory
+    from recon_kit.train.trainer import Trainer
 
     cfg = config.resolve("cpu-small", {"data.resolution": 32, "geometry.grid_res": 16, "device": "cpu"})
     tr = Trainer(cfg, load_viewset(demo_dataset(64, 32, 0)))

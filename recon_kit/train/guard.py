@@ -3,7 +3,8 @@
 A step is bad when its loss is not finite, when it exceeds ``factor`` times the running median of the last
 ``window`` good losses (after ``min_history`` of them), or when a parameter holds NaN/Inf. The trainer then
 rolls back to its last good checkpoint and lowers the learning rates once (``lr_drop``); a second bad step
-after that stops the run with :class:`DivergenceError`, naming the parameter and a fix.
+after that stops the run with :class:`DivergenceError`, naming the parameter and a fix. A step that runs out of
+device memory stops with :class:`OutOfDeviceMemory`, naming the settings that fit.
 
 The trainer-facing helpers (:func:`guard_step`, :func:`remember_good`, :func:`roll_back`,
 :func:`check_exportable`, :func:`load_latest_checkpoint`) live here so that :mod:`recon_kit.train.trainer` only
@@ -27,15 +28,39 @@ import torch
 
 from recon_kit.config import ReconConfig
 
-__all__ = ["CheckpointError", "DivergenceError", "DivergenceGuard", "Verdict", "check_exportable", "guard_step",
-           "first_nonfinite", "largest_gradient", "load_latest_checkpoint", "remember_good", "roll_back",
-           "trained_parameters"]
+__all__ = ["CheckpointError", "DivergenceError", "DivergenceGuard", "OutOfDeviceMemory", "Verdict", "check_exportable",
+           "guard_step", "first_nonfinite", "largest_gradient", "load_latest_checkpoint", "out_of_memory",
+           "remember_good", "roll_back", "trained_parameters"]
 
 log = logging.getLogger(__name__)
 
 
 class DivergenceError(RuntimeError):
     """Training diverged and rolling back with a lower learning rate did not help."""
+
+
+class OutOfDeviceMemory(RuntimeError):
+    """A training step did not fit in the device's memory; the message says which settings to lower."""
+
+
+def out_of_memory(trainer) -> OutOfDeviceMemory:
+    """The one-line error for a step that ran out of device memory: the pass, step, size, batch and peak, the
+    settings that use less memory per view (``view_chunk``, ``shade_chunk``) and how to continue the run."""
+    cfg, name = trainer.cfg, trainer.pass_name
+    H, W = trainer.views.rgb_linear.shape[1:3]
+    held = ""
+    if trainer.device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(trainer.device)
+        held = (f", {torch.cuda.max_memory_allocated(trainer.device) / 2**30:.1f} GiB peak of the GPU's "
+                f"{total / 2**30:.1f} GiB")
+    chunk = "" if cfg.view_chunk == 1 else " --set view_chunk=1"
+    shade = "" if cfg.shade_chunk else " --set shade_chunk=262144"
+    lower = "lower data.resolution" if cfg.view_chunk == 1 else f"lower {name}.batch or data.resolution"
+    fix = (f"use less memory per view with{chunk}{shade} (2048², batch 6 fits in 10.7 GiB with both), or {lower}"
+           if chunk or shade else lower)
+    return OutOfDeviceMemory(f"the GPU ran out of memory in {name} step {trainer.it} ({W}x{H}, batch "
+                             f"{getattr(cfg, name).batch}{held}); {fix}; an interrupted run continues with "
+                             "--resume --allow-changes")
 
 
 class CheckpointError(RuntimeError):

@@ -69,10 +69,6 @@ def lr_factor(it: int, warmup: int, decay: float) -> float:
     return 10.0 ** (-decay * (it - warmup))
 
 
-class OutOfDeviceMemory(RuntimeError):
-    """A training step did not fit in the device's memory; the message says which settings to lower."""
-
-
 @dataclass
 class StepResult:
     pass_name: str
@@ -256,7 +252,7 @@ class Trainer:
             try:
                 losses = self._step()
             except torch.cuda.OutOfMemoryError as exc:
-                raise OutOfDeviceMemory(self._oom_message()) from exc
+                raise rk_guard.out_of_memory(self) from exc
             except Exception as exc:
                 if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     raise RuntimeError(f"torch.compile failed in a training step ({type(exc).__name__}: {exc}); "
@@ -271,21 +267,6 @@ class Trainer:
             for callback in self.callbacks:
                 callback(self, result)
             return result
-
-    def _oom_message(self) -> str:
-        pc, (H, W) = self._pass_cfg, self.views.rgb_linear.shape[1:3]
-        held = ""
-        if self.device.type == "cuda":
-            _, total = torch.cuda.mem_get_info(self.device)
-            held = (f", {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB peak of the GPU's "
-                    f"{total / 2**30:.1f} GiB")
-        chunk = "" if self.cfg.view_chunk == 1 else " --set view_chunk=1"
-        shade = "" if self.cfg.shade_chunk else " --set shade_chunk=262144"
-        lower = "lower data.resolution" if self.cfg.view_chunk == 1 else f"lower {self.pass_name}.batch or data.resolution"
-        fix = (f"use less memory per view with{chunk}{shade} (2048², batch 6 fits in 10.7 GiB with both), or {lower}"
-               if chunk or shade else lower)
-        return (f"the GPU ran out of memory in {self.pass_name} step {self.it} ({W}x{H}, batch {pc.batch}{held}); "
-                f"{fix}; an interrupted run continues with --resume --allow-changes")
 
     def _step(self) -> dict:
         cfg, pc = self.cfg, self._pass_cfg
