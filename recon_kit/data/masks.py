@@ -31,24 +31,22 @@ def binary_erode(mask: np.ndarray, iterations: int = 1, square: bool = False) ->
     ``iterations`` must be >= 1 (scipy's 0, "until nothing changes", is not offered)."""
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    m = _as_uint8_mask(mask)
+    m = np.asarray(mask) != 0
     if m.size == 0:
-        return m.astype(bool)
+        return m
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT if square else cv2.MORPH_CROSS, (3, 3))
-    return cv2.erode(m, kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-
-
-def _as_uint8_mask(mask: np.ndarray) -> np.ndarray:
-    return (np.asarray(mask) != 0).astype(np.uint8)
+    return cv2.erode(m.astype(np.uint8), kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT,
+                     borderValue=0).astype(bool)
 
 
 def binary_open(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     """Binary opening with a 3x3 box, as ``scipy.ndimage.binary_opening(mask, np.ones((3, 3)), iterations)``."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
-    m = binary_erode(mask, iterations, square=True).astype(np.uint8)
+    m = binary_erode(mask, iterations, square=True)
     if m.size == 0:
-        return m.astype(bool)
-    return cv2.dilate(m, kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        return m
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+    return cv2.dilate(m.astype(np.uint8), kernel, iterations=iterations, borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0).astype(bool)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
