@@ -195,6 +195,10 @@ class ReconConfig:
     """History.jsonl line every N steps."""
     guard_factor: float = 100.0
     """Divergence guard: a loss above this x its running median is divergence (0 = off)."""
+    guard_every: int = 1
+    """Divergence guard: read the losses back every N steps (1 = every step). Larger N lets the GPU run ahead of
+    Python (one host sync less per step); a bad step is then caught up to N-1 steps late, but always before it
+    reaches the history, a checkpoint or the good state (one process; distributed runs judge every step)."""
 
     # ---- construction and validation -------------------------------------------------------------
     @classmethod
@@ -255,6 +259,7 @@ class ReconConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
             (self.backend in ("auto", "torch", "nvdiffrast"), "backend must be auto, torch or nvdiffrast"),
             (self.checkpoint_every >= 0 and self.snapshot_every >= 0, "checkpoint_every/snapshot_every must be >= 0"),
+            (self.guard_every >= 1, "guard_every must be >= 1 (1 = judge every step)"),
             (self.guard_factor >= 0, "guard_factor must be >= 0 (0 turns the divergence guard off)"),
         ]
         for p in ("pass1", "pass2"):
@@ -366,7 +371,7 @@ def _merged(base: dict, changes: dict) -> dict:
 _GPU_DEFAULT = {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": "auto"},
                 "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                 "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
-                "material": {"texture_res": 1024}, "snapshot_every": 100,
+                "material": {"texture_res": 1024}, "snapshot_every": 100, "guard_every": 10,
                 "loss": {"depth_end": 0.0}, "cameras": {"refine": True}}
 
 PRESETS: dict[str, dict] = {

@@ -5,7 +5,8 @@ functions (:func:`recon_kit.data.dataset.prepare_dataset`, :func:`recon_kit.runs
 The JSON holds each phase's wall time (``phases_s``), the start-up time (process start to the end of the first
 training step: imports, nvdiffrast plugin load, the trainer's set-up, the first compiled step; the data
 phases are left out), ``end_to_end_s`` (prepare to metrics, the demo's rendering left out), the GPU busy share (``nvidia-smi``
-sampled every 0.5 s during training; null without a GPU), peak memory (``torch.cuda.max_memory_allocated`` on
+sampled every 0.5 s during training; null without a GPU; ``gpu_busy_by_phase`` splits it into the first step,
+pass 1, the bake and pass 2), peak memory (``torch.cuda.max_memory_allocated`` on
 CUDA, the process's peak RSS on the CPU) and the quality metrics (6-view PSNR/SSIM/IoU, depth residual, fringe).
 
 The shoe on the GPU machine (issue 15; run it twice: the second run shows the warm start-up)::
@@ -53,6 +54,8 @@ class GpuSampler:
 
     def __init__(self, period: float = 0.5, gpu: int = 0) -> None:
         self.period, self.gpu, self.samples = period, gpu, []
+        self.phase = "start"               # the label the next samples get (see ``busy_by_phase``)
+        self.phases: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.available = shutil.which("nvidia-smi") is not None
@@ -62,7 +65,9 @@ class GpuSampler:
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
                                       f"--id={self.gpu}"], capture_output=True, text=True, timeout=5).stdout
-                self.samples.append(float(out.strip().splitlines()[0]) / 100.0)
+                value, phase = float(out.strip().splitlines()[0]) / 100.0, self.phase
+                self.samples.append(value)
+                self.phases.append(phase)
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 continue
 
@@ -79,6 +84,16 @@ class GpuSampler:
     @property
     def busy(self) -> float | None:
         return sum(self.samples) / len(self.samples) if self.samples else None
+
+    @property
+    def busy_by_phase(self) -> dict[str, dict]:
+        """Mean busy share and sample count per phase label: the training passes' steady state apart from the
+        first step, the bake (CPU-side unwrapping) and the rest."""
+        out: dict[str, dict] = {}
+        for label in dict.fromkeys(self.phases):
+            vals = [v for v, p in zip(self.samples, self.phases) if p == label]
+            out[label] = {"busy": sum(vals) / len(vals), "samples": len(vals)}
+        return out
 
 
 def peak_memory_gib(device) -> tuple[float, str]:
@@ -155,10 +170,19 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         with GpuSampler() as sampler:
+            switch = trainer._switch_to_pass2   # label the samples taken while pass 1 is baked into pass 2
+
+            def labelled_switch() -> None:
+                sampler.phase = "bake"
+                switch()
+                sampler.phase = "pass2"
+            trainer._switch_to_pass2 = labelled_switch
+            sampler.phase = "first_step"
             trainer.step()
             sync()
             startup = time.time() - t_start - phases.get("demo_capture", 0.0) - phases["prepare"]
             first_step = trainer.timings["pass1"]
+            sampler.phase = "pass1"
             trainer.run(progress=progress)
             sync()
         for name in ("export", "evaluate"):
@@ -187,7 +211,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
         "phases_s": {k: round(v, 4) for k, v in phases.items()},
         "end_to_end_s": round(end_to_end, 4),
         "startup_s": round(startup, 4), "first_step_s": round(first_step, 4),
-        "gpu_busy": sampler.busy, "gpu_busy_samples": len(sampler.samples),
+        "gpu_busy": sampler.busy, "gpu_busy_samples": len(sampler.samples), "gpu_busy_by_phase": sampler.busy_by_phase,
         "peak_memory_gib": round(peak, 4), "peak_memory_kind": peak_kind,
         "quality": quality,
     }

@@ -2,13 +2,18 @@
 
     python scripts/profile_step.py --dataset path/to/prepared/1024 --preset gpu-default --steps 10 [--pass2]
     python scripts/profile_step.py --dataset ... --steps 0 --time 100     # wall time per step only, no profiler
+    python scripts/profile_step.py --dataset ... --steps 0 --syncs 9      # where each host sync comes from
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import time
+import traceback
+import warnings
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -36,6 +41,29 @@ def launch_summary(prof, steps: int) -> str:
             f"runtime calls per step: {calls}")
 
 
+def sync_sites(tr, steps: int) -> collections.Counter:
+    """Host syncs PyTorch reports (``set_sync_debug_mode``) over ``steps`` steps, by the innermost recon_kit
+    frame and the line that synced. nvdiffrast's own ``cudaStreamSynchronize`` is not among them (the profiler's
+    runtime-call count in :func:`launch_summary` has it)."""
+    sites: collections.Counter = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        kit = [f for f in traceback.extract_stack()[:-1] if "recon_kit" in f.filename]
+        where = f"{Path(kit[-1].filename).name}:{kit[-1].lineno} {kit[-1].name}" if kit else "-"
+        sites[(where, f"{Path(filename).name}:{lineno}")] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            tr.run(steps, progress=False)
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sites
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
@@ -46,6 +74,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--time", type=int, default=0, help="also time this many steps without the profiler")
+    ap.add_argument("--syncs", type=int, default=0, help="list the host syncs of this many steps (CUDA only)")
     a = ap.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.pass2:
@@ -64,6 +93,13 @@ def main() -> None:
         ms = 1e3 * (time.perf_counter() - t0) / a.time
         print(f"{tr.pass_name}: {ms:.1f} ms/step over {a.time} steps ({tr.device}, {cfg.data.resolution}px, "
               f"batch {tr._pass_cfg.batch}, overrides {overrides})")
+    if a.syncs and tr.device.type == "cuda":
+        first = tr.it
+        sites = sync_sites(tr, a.syncs)
+        print(f"{tr.pass_name} steps {first + 1}-{tr.it} (log_every {cfg.log_every}, guard_every {cfg.guard_every}): "
+              f"{sum(sites.values()) / a.syncs:.1f} reported host syncs per step")
+        for (kit, where), n in sites.most_common():
+            print(f"  {n / a.syncs:5.1f}/step  {kit:45s} {where}")
     if a.steps <= 0:
         return
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tr.device.type == "cuda" else [])

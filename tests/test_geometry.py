@@ -255,3 +255,13 @@ def test_extract_on_cuda_matches_cpu() -> None:
     assert torch.allclose(a.v_pos, b.v_pos.cpu(), atol=1e-5)
     (b.v_pos ** 2).sum().backward()
     assert gpu.sdf.grad.abs().sum() > 0 and gpu.sdf_reg_loss().is_cuda
+
+
+def test_true_indices_match_nonzero_with_one_read():
+    from recon_kit.model.dmtet import true_indices
+
+    g = torch.Generator().manual_seed(3)
+    masks = [torch.rand(1000, generator=g) > 0.7, torch.zeros(17, dtype=torch.bool), torch.ones(5, dtype=torch.bool),
+             torch.rand(1, generator=g) > 2.0]
+    for mask, idx in zip(masks, true_indices(*masks)):
+        assert torch.equal(idx, torch.nonzero(mask).squeeze(1))

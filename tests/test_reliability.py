@@ -532,3 +532,26 @@ def test_out_of_memory_names_the_settings_that_fit(tmp_path, demo_dataset):
     msg = str(err.value)
     assert "pass1 step 0" in msg and "--set view_chunk=1 --set shade_chunk=262144" in msg
     assert "--resume --allow-changes" in msg and "\n" not in msg
+
+
+def test_a_deferred_guard_catches_the_divergence_before_anything_keeps_it(dataset, tmp_path, caplog):
+    """guard_every=5 leaves the totals on the device between reads: the NaN written after step 6 is caught at
+    the next read (step 8, a checkpoint is due), rolled back to step 4's checkpoint, and no NaN is kept."""
+    cfg = tiny(**{"pass2.iterations": 2, "guard_every": 5, "log_every": 5, "checkpoint_every": 4})
+    tr = rk_run.new_trainer(cfg, rk_dataset.load_viewset(dataset), tmp_path / "run")
+    reads = []
+    real = guard.DivergenceGuard.take_unjudged
+    with caplog.at_level("WARNING"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard.DivergenceGuard, "take_unjudged", lambda self: reads.append(len(self.unjudged)) or real(self))
+        tr.run(progress=False, callback=_poison(6, once=True))
+    assert tr.done and tr.rollbacks == 1
+    assert "diverged at pass1 iteration 7" in caplog.text and "rolled back to pass1 iteration 4" in caplog.text
+    assert max(reads) <= 5 and len(reads) < 14   # fewer reads than steps: the totals waited on the device
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history and all(math.isfinite(h["total"]) for h in history)
+    tr.run_lock.release()
+
+
+def test_guard_every_must_be_positive():
+    with pytest.raises(config.ConfigError, match="guard_every"):
+        config.resolve("cpu-small", {"guard_every": 0})

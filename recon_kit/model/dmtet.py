@@ -198,6 +198,24 @@ def _case_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(NUM_TRIANGLES, device=device, dtype=torch.int64))
 
 
+def true_indices(*masks: torch.Tensor) -> list[torch.Tensor]:
+    """``torch.nonzero(mask).squeeze(1)`` of each 1-D mask, ascending, with one host read for all of them.
+
+    ``nonzero`` waits for the GPU once per call; here only the counts are read back (one sync), and each mask is
+    compacted on the device by a stable partition: entry ``i`` goes to its rank among the True entries, or after
+    them to its rank among the False ones, so every slot is written once.
+    """
+    counts = torch.stack([m.sum() for m in masks]).tolist()
+    out = []
+    for mask, k in zip(masks, counts):
+        n = mask.shape[0]
+        order = torch.arange(n, device=mask.device)
+        rank = torch.cumsum(mask, 0)                                 # True entries up to and including i
+        slot = torch.where(mask, rank - 1, k + order - rank)
+        out.append(torch.empty(n, dtype=torch.int64, device=mask.device).scatter_(0, slot, order)[:k])
+    return out
+
+
 def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
                   unique_edges: torch.Tensor | None = None,
                   tet_edges: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,29 +224,27 @@ def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
 
     One vertex per sign-changing edge, at ``(p_a*(-s_b) + p_b*s_a) / (s_a - s_b)``, shared by all tets around
     that edge, so closed surfaces come out watertight. Pass the grid's precomputed ``unique_edges``/``tet_edges``
-    to skip the per-call edge sort. Tets must be positively oriented.
+    to skip the per-call edge sort. Tets must be positively oriented. One host sync (the sizes of the output).
     """
     dev = pos.device
     with torch.no_grad():
+        if unique_edges is None or tet_edges is None:
+            unique_edges, tet_edges = tet_edge_topology(tets, int(pos.shape[0]))
         occ = sdf > 0
         occ_u8 = occ.to(torch.uint8)
         corners = occ_u8[tets]
-        case = corners[:, 0] | (corners[:, 1] << 1) | (corners[:, 2] << 2) | (corners[:, 3] << 3)
-        valid = torch.nonzero((case > 0) & (case < 15)).squeeze(1)
-        case = case[valid].long()
-        if unique_edges is None or tet_edges is None:
-            edges, local_edges = tet_edge_topology(tets[valid], int(pos.shape[0]))
-        else:
-            edges, local_edges = unique_edges, tet_edges[valid]
-        crossing = occ[edges[:, 0]] != occ[edges[:, 1]]
-        vid = torch.cumsum(crossing, 0) - 1
-        edge_vid = vid[local_edges]  # [Mv,6] output vertex id of each local edge (garbage where no crossing)
-        cross_edges = edges[crossing]
-
+        case = (corners[:, 0] | (corners[:, 1] << 1) | (corners[:, 2] << 2) | (corners[:, 3] << 3)).long()
         tri_table, num_triangles = _case_tables(dev)
-        table = tri_table[case]
-        two = num_triangles[case] == 2
-        faces = torch.cat([edge_vid.gather(1, table[:, :3]), edge_vid[two].gather(1, table[two, 3:])], 0)
+        inside = (case > 0) & (case < 15)
+        crossing = occ[unique_edges[:, 0]] != occ[unique_edges[:, 1]]
+        valid, cross, two = true_indices(inside, crossing, inside & (num_triangles[case] == 2))
+        vid = torch.cumsum(crossing, 0) - 1            # output vertex id of each grid edge (garbage where none)
+
+        def triangles(tet_ids: torch.Tensor, cols: slice) -> torch.Tensor:
+            return vid[tet_edges[tet_ids]].gather(1, tri_table[case[tet_ids], cols])
+
+        faces = torch.cat([triangles(valid, slice(0, 3)), triangles(two, slice(3, 6))], 0)
+        cross_edges = unique_edges[cross]
 
     a, b = cross_edges[:, 0], cross_edges[:, 1]
     s_a, s_b = sdf[a][:, None], sdf[b][:, None]

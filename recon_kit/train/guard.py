@@ -29,7 +29,7 @@ import torch
 from recon_kit.config import ReconConfig
 
 __all__ = ["CheckpointError", "DivergenceError", "DivergenceGuard", "OutOfDeviceMemory", "Verdict", "check_exportable",
-           "guard_step", "first_nonfinite", "largest_gradient", "load_latest_checkpoint", "out_of_memory",
+           "guard_step", "first_nonfinite", "judgement_due", "largest_gradient", "load_latest_checkpoint", "out_of_memory",
            "remember_good", "roll_back", "trained_parameters"]
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,19 @@ class DivergenceGuard:
     def __init__(self, factor: float = 100.0, window: int = 50, min_history: int = 1):
         self.factor, self.min_history = factor, min_history
         self.recent: deque[float] = deque(maxlen=window)
+        self.unjudged: list[torch.Tensor] = []   # step totals still on the device (``guard_every`` > 1)
 
     def reset(self, losses: Iterable[float] = ()) -> None:
         """Forget the loss history (new pass, rollback), optionally seeding it with known-good losses."""
         self.recent.clear()
+        self.unjudged.clear()
         self.recent.extend(v for v in losses if math.isfinite(v))
+
+    def take_unjudged(self) -> list[float]:
+        """The totals waiting for judgement, read back in one host sync, and forgotten."""
+        totals = torch.stack([t.detach().float().reshape(()).to(self.unjudged[-1].device) for t in self.unjudged])
+        self.unjudged.clear()
+        return totals.tolist()
 
     def check(self, loss: float, named_params: Iterable[tuple[str, torch.Tensor]] = ()) -> Verdict | None:
         """None when the step looks healthy (its loss joins the history), else the :class:`Verdict`."""
@@ -135,15 +143,24 @@ def trained_parameters(trainer: Any) -> list[tuple[str, torch.Tensor]]:
 
 def guard_step(trainer: Any, losses: dict) -> dict | None:
     """Judge the step that produced ``losses``: None when healthy, else roll back (:func:`roll_back`) and return
-    the losses to report for the undone step.
+    the losses to report for the undone step. With ``guard_every`` > 1 (one process) the totals wait on the
+    device until :func:`judgement_due`, then are judged in step order.
 
     Under data parallelism the judgement is collective, so every rank rolls back (or stops) at the same step and
     the replicas stay identical: the loss judged is the global batch's (the mean over ranks, as one process would
     see it), and a step any rank judges bad is bad on all of them.
     """
     if trainer.world_size == 1:
-        verdict = trainer.guard.check(float(losses["total"]), trained_parameters(trainer))
-        return None if verdict is None else roll_back(trainer, verdict)
+        trainer.guard.unjudged.append(losses["total"])
+        if not judgement_due(trainer):
+            return None
+        named = trained_parameters(trainer)
+        totals = trainer.guard.take_unjudged()
+        for i, total in enumerate(totals):  # in step order: the running median sees them as they came
+            verdict = trainer.guard.check(total, named if i == len(totals) - 1 or not math.isfinite(total) else ())
+            if verdict is not None:
+                return roll_back(trainer, verdict)
+        return None
     import torch.distributed as dist
 
     total = torch.as_tensor(losses["total"], dtype=torch.float32, device=trainer.device).reshape(1).clone()
@@ -156,6 +173,15 @@ def guard_step(trainer: Any, losses: dict) -> dict | None:
     if verdict is None:  # another rank's replica went bad (it holds NaN/Inf this one does not)
         verdict = Verdict(f"{int(bad.item())} of {trainer.world_size} ranks judged the step bad")
     return roll_back(trainer, verdict)
+
+
+def judgement_due(trainer: Any) -> bool:
+    """Whether the step that just ran must be judged now: every ``guard_every`` steps, and at every step whose
+    state or losses something keeps (the history, a snapshot, a checkpoint and the good state, the pass end).
+    Between those the losses stay on the device, so the step makes no host sync for the guard."""
+    cfg, n = trainer.cfg, trainer.it + 1   # the callbacks of this step see trainer.it == n
+    periods = (cfg.guard_every, cfg.log_every, cfg.checkpoint_every, cfg.snapshot_every)
+    return any(k and n % k == 0 for k in periods) or n >= getattr(cfg, trainer.pass_name).iterations
 
 
 def remember_good(trainer: Any, first: bool = False) -> None:

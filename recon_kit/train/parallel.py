@@ -44,14 +44,13 @@ def _average_gradients(param_groups: list[dict], world_size: int) -> None:
 
 
 def _mean_over_ranks(losses: dict, world_size: int, device: torch.device) -> dict:
-    """Losses averaged over ranks (each rank holds the losses of its share of the batch), as floats."""
-    if world_size == 1:
-        return {k: float(v) for k, v in losses.items()}
-    import torch.distributed as dist
-
+    """Losses averaged over ranks (each rank holds the losses of its share of the batch), as floats (one read)."""
     keys = list(losses)
     flat = torch.stack([torch.as_tensor(losses[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
-    dist.all_reduce(flat)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(flat)
     return dict(zip(keys, (flat / world_size).tolist()))
 
 

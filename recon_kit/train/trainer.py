@@ -238,7 +238,7 @@ class Trainer:
             if not self._order:
                 self._order = torch.randperm(len(self.views), generator=self.generator).tolist()
             idx.append(self._order.pop())
-        return torch.tensor(idx)
+        return torch.tensor(idx).pin_memory() if self.device.type == "cuda" else torch.tensor(idx)  # async copy
 
     def step(self) -> StepResult:
         """One optimisation step of the current pass (switching to pass 2, with the bake, when pass 1 ends)."""
@@ -282,7 +282,7 @@ class Trainer:
         if self.world_size > 1:                       # each rank renders its share of the views
             share = len(idx) // self.world_size
             idx, bg = idx[self.rank * share:(self.rank + 1) * share], bg[self.rank * share:(self.rank + 1) * share]
-        sel = idx.to(self.device)                     # the step's one host-to-device copy (docs/host_syncs.md)
+        sel = idx.to(self.device, non_blocking=True)  # pinned: the step's one upload does not stall the queue
 
         with record_function("rk.extract"):
             mesh = self.current_mesh()
