@@ -127,19 +127,21 @@ def pad_cube(cube: torch.Tensor) -> torch.Tensor:
 def _bilinear_taps(face: torch.Tensor, uv: torch.Tensor, res, offset=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices ``[..., 4]`` and weights ``[..., 4]`` of a bilinear lookup in padded faces of size ``res``.
 
-    ``res`` and ``offset`` (start of the padded cube in a flat atlas) may be ints or per-lookup int tensors.
+    ``res`` and ``offset`` (start of the padded cube in a flat atlas) may be ints or per-lookup int tensors. No
+    host-to-device copies (an int ``res`` stays a Python number), so eager shading does not stall the GPU here.
     """
     P = res + 2
     x = (uv[..., 0] + 1.0) * (0.5 * res) + 0.5
     y = (uv[..., 1] + 1.0) * (0.5 * res) + 0.5
-    x0 = torch.minimum(x.detach().floor(), torch.as_tensor(res, device=x.device, dtype=x.dtype))
-    y0 = torch.minimum(y.detach().floor(), torch.as_tensor(res, device=y.device, dtype=y.dtype))
+
+    def cell(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().floor()
+        return t.clamp_max(res) if isinstance(res, int) else torch.minimum(t, res.to(t.dtype))
+
+    x0, y0 = cell(x), cell(y)
     fx, fy = x - x0, y - y0
     i00 = offset + (face * P + y0.long()) * P + x0.long()
-    if isinstance(P, torch.Tensor):
-        idx = torch.stack((i00, i00 + 1, i00 + P, i00 + P + 1), -1)
-    else:
-        idx = i00.unsqueeze(-1) + torch.tensor([0, 1, P, P + 1], device=i00.device)
+    idx = torch.stack((i00, i00 + 1, i00 + P, i00 + P + 1), -1)
     w = torch.stack(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy), -1)
     return idx, w
 
