@@ -206,6 +206,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
         "capture": str(capture), "align": align, "mask_source": mask_source, "preset": preset, "overrides": overrides, "resolution": res,
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "backend": trainer.rast.name, "torch": torch.__version__,
+        "bytecode_cache": not sys.dont_write_bytecode,   # off (PYTHONDONTWRITEBYTECODE): every start compiles torch's Python
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
         "iterations": result["iterations"], "faces": result["faces"], "views": len(views),
         "phases_s": {k: round(v, 4) for k, v in phases.items()},
