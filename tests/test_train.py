@@ -1,6 +1,8 @@
 """Training on the CPU at tiny settings: losses, resume to the same result, exports that reload."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,3 +101,21 @@ def test_compiler_failure_in_a_step_names_the_switch(dataset, monkeypatch):
     monkeypatch.setattr(tr, "_step", lambda: (_ for _ in ()).throw(ValueError("plain")))
     with pytest.raises(ValueError, match="plain"):
         tr.step()
+
+
+def test_training_start_imports_no_mesh_or_table_libraries(demo_dataset, tmp_path):
+    """Start-up (issue 15): trimesh pulls in networkx (~1 s) and pandas ~0.8 s; neither is needed until export or
+    the pose check, so building a trainer (depth init: hull and fusion) and stepping it must not import them."""
+    code = (
+        "import sys\n"
+        "from recon_kit import config\n"
+        "from recon_kit.data import dataset\n"
+        "from recon_kit.runs.run import new_trainer\n"
+        "cfg = config.resolve('cpu-small', {'pass1.iterations': 2, 'data.resolution': 64, 'geometry.grid_res': 16,"
+        " 'geometry.hull_res': 24, 'geometry.init': 'depth', 'checkpoint_every': 0, 'snapshot_every': 0})\n"
+        f"tr = new_trainer(cfg, dataset.load_viewset({str(demo_dataset())!r}), {str(tmp_path / 'run')!r})\n"
+        "tr.step()\n"
+        "print([m for m in ('trimesh', 'networkx', 'pandas') if m in sys.modules])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"

@@ -23,11 +23,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-import trimesh
 
 from recon_kit.cameras import Camera
+
+if TYPE_CHECKING:  # trimesh (with networkx) costs ~1 s of start-up; only the mesh views need it
+    import trimesh
 from recon_kit.config import GeometryConfig
 from recon_kit.data.dataset import ViewSet
 from recon_kit.model.dmtet import TetGrid, marching_tets
@@ -154,6 +158,8 @@ def occupancy_mesh(occupancy_fn, bounds, res: int, device="cpu") -> trimesh.Trim
     """The 0.5 level set of an occupancy function over ``bounds`` as a mesh: marching tets (the kit's own, see
     :func:`recon_kit.model.dmtet.marching_tets`) on a Kuhn lattice of ``res`` cells per axis, with vertices placed
     by linear interpolation of the soft occupancy (no scikit-image needed)."""
+    import trimesh
+
     b = np.asarray(bounds, np.float64)
     grid = TetGrid.generate(int(res), device=device)
     lo = torch.tensor(b[0], dtype=torch.float32, device=device)

@@ -15,14 +15,16 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import trimesh
 
 from recon_kit.cameras import Camera
+
+if TYPE_CHECKING:  # trimesh (with networkx) costs ~1 s of start-up; only the mesh views need it
+    import trimesh
 
 
 def resolve_bounds(bounds) -> np.ndarray:
@@ -174,6 +176,8 @@ class HullGrid:
 
     def to_mesh(self) -> trimesh.Trimesh:
         """Surface mesh of the hull: marching cubes when scikit-image is installed, else the voxels' outer faces."""
+        import trimesh
+
         occ = (self.occupancy > 0.5).cpu().numpy()
         if not occ.any():
             return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
@@ -196,6 +200,8 @@ def grid_points(bounds, res: int, device="cpu") -> torch.Tensor:
 
 def _voxel_faces_mesh(occ: np.ndarray, origin: np.ndarray, size: np.ndarray) -> trimesh.Trimesh:
     """Watertight blocky mesh: the faces between occupied and empty voxels (one voxel per grid node)."""
+    import trimesh
+
     pad = np.pad(occ, 1)
     quads = []
     for axis in range(3):
