@@ -104,7 +104,7 @@ def test_compiler_failure_in_a_step_names_the_switch(dataset, monkeypatch):
 
 
 def test_training_start_imports_no_mesh_or_table_libraries(demo_dataset, tmp_path):
-    """Start-up (issue 15): trimesh pulls in networkx (~1 s) and pandas ~0.8 s; neither is needed until export or
+    """Start-up (issue 15): trimesh (with networkx) and pandas slow start-up; neither is needed until export or
     the pose check, so building a trainer (depth init: hull and fusion) and stepping it must not import them."""
     code = (
         "import sys\n"

@@ -22,16 +22,12 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from recon_kit.cameras import Camera
-
-if TYPE_CHECKING:  # trimesh (with networkx) costs ~1 s of start-up; only the mesh views need it
-    import trimesh
 from recon_kit.config import GeometryConfig
 from recon_kit.data.dataset import ViewSet
 from recon_kit.model.dmtet import TetGrid, marching_tets
@@ -44,6 +40,9 @@ from recon_kit.model.hull import (
     project_depth,
     project_points,
 )
+
+if TYPE_CHECKING:  # trimesh (with networkx) slows start-up; only building a mesh needs it
+    import trimesh
 
 log = logging.getLogger(__name__)
 

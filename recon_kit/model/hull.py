@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from recon_kit.cameras import Camera
 
-if TYPE_CHECKING:  # trimesh (with networkx) costs ~1 s of start-up; only the mesh views need it
+if TYPE_CHECKING:  # trimesh (with networkx) slows start-up; only building a mesh needs it
     import trimesh
 
 
