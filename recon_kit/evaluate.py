@@ -188,26 +188,33 @@ def _surface_samples(geom: Any, n_points: int, rng: np.random.Generator
 
 
 def chamfer_fscore(pred: Geometry, gt: Geometry, n_points: int = 100_000, threshold: float = 0.01,
-                   seed: int = 0) -> dict[str, float]:
+                   seed: int = 0, ref_factor: int = 16) -> dict[str, float]:
     """Chamfer-L1 distance, F-score, precision/recall and normal consistency between two surfaces.
 
-    Meshes are sampled uniformly by area (``n_points`` each, independent streams derived from ``seed``);
-    point arrays are used as given. ``chamfer_l1`` is the mean of the two directions' mean nearest-neighbour
-    distances, as a fraction of the GT bounding-box diagonal (``gt_diagonal``); ``threshold`` for the F-score
-    is also a fraction of that diagonal. ``normal_consistency`` is the mean |cos| between the normals of
-    nearest points in both directions (NaN when either side is a point set). Identical meshes score close to,
-    not exactly, 0 because the two samplings differ.
+    Each mesh is sampled uniformly by area twice: ``n_points`` query points, and ``ref_factor * n_points``
+    reference points that stand in for its surface when the other side's queries look for their nearest
+    neighbour (independent streams derived from ``seed``). Point arrays are used as given, for both. Against a
+    sparse reference the sampling alone adds distance: one mesh against itself scores ~0.2 % of its diagonal
+    at 50k points; the dense reference cuts that floor by ~sqrt(ref_factor) (``ref_factor=1``: the plain
+    symmetric point-to-point Chamfer distance). ``chamfer_l1`` is the mean of the two directions' mean
+    nearest-neighbour distances, as a fraction of the GT bounding-box diagonal (``gt_diagonal``); ``threshold``
+    for the F-score is also a fraction of that diagonal. ``normal_consistency`` is the mean |cos| between the
+    normals of nearest points in both directions (NaN when either side is a point set).
     """
     from scipy.spatial import cKDTree
 
-    rng_pred, rng_gt = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    p_pts, p_nrm, _ = _surface_samples(pred, n_points, rng_pred)
-    g_pts, g_nrm, g_box = _surface_samples(gt, n_points, rng_gt)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+    p_pts, p_nrm, _ = _surface_samples(pred, n_points, rngs[0])
+    g_pts, g_nrm, g_box = _surface_samples(gt, n_points, rngs[1])
+    dense = max(1, int(ref_factor)) * n_points
+    p_ref, p_ref_nrm = (p_pts, p_nrm) if p_nrm is None or dense == n_points else \
+        _surface_samples(pred, dense, rngs[2])[:2]
+    g_ref, g_ref_nrm = (g_pts, g_nrm) if g_nrm is None or dense == n_points else _surface_samples(gt, dense, rngs[3])[:2]
     diag = float(np.linalg.norm(g_box[1] - g_box[0]))
     if diag <= 0:
         raise ValueError("the ground truth has a degenerate (zero-size) bounding box")
-    d_pg, i_pg = cKDTree(g_pts).query(p_pts, workers=-1)
-    d_gp, i_gp = cKDTree(p_pts).query(g_pts, workers=-1)
+    d_pg, i_pg = cKDTree(g_ref).query(p_pts, workers=-1)
+    d_gp, i_gp = cKDTree(p_ref).query(g_pts, workers=-1)
     tau = threshold * diag
     precision = float((d_pg < tau).mean())
     recall = float((d_gp < tau).mean())
@@ -215,8 +222,8 @@ def chamfer_fscore(pred: Geometry, gt: Geometry, n_points: int = 100_000, thresh
     if p_nrm is None or g_nrm is None:
         nc = math.nan
     else:
-        nc = 0.5 * (float(np.abs((p_nrm * g_nrm[i_pg]).sum(-1)).mean())
-                    + float(np.abs((g_nrm * p_nrm[i_gp]).sum(-1)).mean()))
+        nc = 0.5 * (float(np.abs((p_nrm * g_ref_nrm[i_pg]).sum(-1)).mean())
+                    + float(np.abs((g_nrm * p_ref_nrm[i_gp]).sum(-1)).mean()))
     return {
         "chamfer_l1": 0.5 * (float(d_pg.mean()) + float(d_gp.mean())) / diag,
         "fscore": fscore,

@@ -224,8 +224,9 @@ def _render(rasterizer: Rasterizer, mesh: Mesh, material: Callable, light: EnvLi
             (out["depth"] * out["mask"])[..., 0].cpu().numpy())
 
 
-def _depth_only(rasterizer: Rasterizer, mesh: Mesh, cams: list[Camera], batch: int) -> np.ndarray:
-    """Camera depth ``[N,H,W]`` (0 = background), without shading (for depth maps at another resolution)."""
+def render_depth(rasterizer: Rasterizer, mesh: Mesh, cams: list[Camera], batch: int = 4) -> np.ndarray:
+    """Exact camera depth ``[N,H,W]`` (0 = background) of ``cams`` (all the same size), without shading: depth
+    maps at another resolution than the photos, and the benchmark's depth bound."""
     H, W = cams[0].height, cams[0].width
     out = []
     with torch.no_grad():
@@ -295,7 +296,7 @@ def render_capture(mesh: Mesh, kd_srgb: np.ndarray, folder: str | Path, resoluti
     cams = axis_rig(resolution, resolution, camera_angle_x, distance, tuple(views))
     rgb, _, depth = _render(rasterizer, mesh, material, light, cams, 1.0, batch)
     if depth_resolution is not None and depth_resolution != resolution:
-        depth = _depth_only(rasterizer, mesh, [c.resized(depth_resolution, depth_resolution) for c in cams], batch)
+        depth = render_depth(rasterizer, mesh, [c.resized(depth_resolution, depth_resolution) for c in cams], batch)
     for cam, im, d in zip(cams, rgb, depth):
         Image.fromarray(_to_uint8(linear_to_srgb(im))).save(out / "multi_views" / f"{cam.name}.png")
         Image.fromarray(encode_depth_uint8(d)).save(out / "depth_renders" / f"{cam.name}.png")

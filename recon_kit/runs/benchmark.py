@@ -6,7 +6,9 @@ Per object (``spot`` and ``bob`` from ``../shared/assets``, ``demo`` from :func:
 1. :func:`render_object` renders the capture as the user's: the 6 axis views at ``res``², 8-bit depth maps at
    ``res/2`` (:func:`recon_kit.synth.encode_depth_uint8`: unknown encoding to the kit), ``n_test`` random
    held-out views; then :func:`recon_kit.data.dataset.prepare_dataset` prepares it at ``res``.
-2. :func:`baselines` scores the visual hull of the masks and the fused depth maps (:mod:`recon_kit.model.fusion`).
+2. :func:`baselines` scores the visual hull of the masks, the fused depth maps (:mod:`recon_kit.model.fusion`)
+   and the depth bound (:func:`depth_bound_mesh`: what the depth maps can give at best, since no view sees
+   every part of an object).
 3. :func:`reconstruct` trains with a preset plus overrides, once per ``geometry.init`` asked for, and scores the
    exported mesh and the held-out views.
 
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from recon_kit import evaluate, synth
 from recon_kit.autoscale import fit_mesh_scale
@@ -41,6 +44,7 @@ from recon_kit.config import resolve
 from recon_kit.data.dataset import load_viewset, prepare_dataset
 from recon_kit.mesh import Mesh, load_mesh, normalize_to_unit
 from recon_kit.model import fusion, hull
+from recon_kit.render import get_rasterizer
 from recon_kit.runs.run import train_from_config
 
 #: Objects the benchmark knows; spot and bob need ``../shared/assets``.
@@ -90,6 +94,11 @@ def _asset_dir(shared_dir: str | Path | None, name: str) -> Path:
     return folder
 
 
+def depth_resolution(res: int) -> int:
+    """Side of a benchmark capture's depth maps for ``res``² photos: half, as in the user's capture."""
+    return max(16, res // 2)
+
+
 def render_object(name: str, folder: str | Path, res: int, n_test: int = 24, seed: int = 0, device: str = "cpu",
                   shared_dir: str | Path | None = None) -> Path:
     """Render ``name``'s capture into ``folder/capture`` and prepare it into ``folder/data/<res>``; returns the
@@ -99,7 +108,7 @@ def render_object(name: str, folder: str | Path, res: int, n_test: int = 24, see
     if name not in OBJECTS:
         raise ValueError(f"unknown benchmark object {name!r}; objects: {', '.join(OBJECTS)}")
     if not (cap / "multi_views").is_dir():
-        kw = {"resolution": res, "depth_resolution": max(16, res // 2), "n_test": n_test, "seed": seed,
+        kw = {"resolution": res, "depth_resolution": depth_resolution(res), "n_test": n_test, "seed": seed,
               "device": device, "overwrite": True}
         if name == "spot":
             synth.spot_capture(cap, spot_dir=_asset_dir(shared_dir, "spot"), **kw)
@@ -118,11 +127,43 @@ def geometry_scores(mesh_path: str | Path, gt_path: str | Path, n_points: int) -
             "recall": g["recall"], "normal_consistency": g["normal_consistency"]}
 
 
+def depth_bound_mesh(gt_path: str | Path, cameras, depth_res: int, device: str = "cpu",
+                     max_edge_px: float = 6.0) -> trimesh.Trimesh:
+    """The GT surface as the capture's depth maps see it at best: each training camera's exact (unquantised)
+    depth at the depth maps' resolution, back-projected through the pixel centres and triangulated on the pixel
+    grid (one sheet per view; no triangle across a depth jump longer than ``max_edge_px`` pixel footprints).
+
+    Its Chamfer distance to the GT bounds what depth supervision can give: surface that no training view sees
+    stays missing (recall), and the half-resolution sampling costs accuracy, before any 8-bit quantisation or
+    encoding fit. Triangulated rather than left as points, so the bound does not depend on the points' spacing.
+    """
+    mesh, _ = load_mesh(gt_path)
+    cams = [c.resized(depth_res, depth_res) for c in cameras]
+    depth = synth.render_depth(get_rasterizer("auto", device), mesh.to(device), cams)
+    H = W = depth_res
+    ij = np.arange(H * W).reshape(H, W)
+    quads = np.stack([ij[:-1, :-1], ij[:-1, 1:], ij[1:, :-1], ij[1:, 1:]], -1).reshape(-1, 4)
+    grid = np.concatenate([quads[:, [0, 2, 1]], quads[:, [1, 2, 3]]])   # counter-clockwise seen from the camera
+    sheets = []
+    for cam, d in zip(cams, depth):
+        origin, dirs = hull.camera_rays(cam)
+        d = d.reshape(-1).astype(np.float64)
+        v = origin.double().numpy() + dirs.double().numpy() * d[:, None]
+        tri = grid[(d[grid] > 0).all(1)]
+        edge = np.linalg.norm(v[tri] - v[np.roll(tri, 1, axis=1)], axis=-1).max(1)
+        footprint = d[tri].max(1) / cam.fx
+        sheet = trimesh.Trimesh(v, tri[edge <= max_edge_px * footprint], process=False)
+        sheet.remove_unreferenced_vertices()
+        sheets.append(sheet)
+    return trimesh.util.concatenate(sheets)
+
+
 def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_scale: float | str, res: int = 96,
-              n_points: int = 50_000, device: str = "cpu") -> dict[str, dict]:
+              n_points: int = 50_000, device: str = "cpu", depth_res: int | None = None) -> dict[str, dict]:
     """Score the visual hull of the masks and the fused depth maps of a prepared dataset against the GT;
     their meshes are written to ``out/hull.obj`` and ``out/fused_depth.obj``; ``mesh_scale="auto"`` is fitted to
-    the hull of the masks."""
+    the hull of the masks. With ``depth_res`` (the depth maps' side) and depth maps, also the depth bound
+    (:func:`depth_bound_mesh`, written to ``out/depth_bound.obj``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     views = load_viewset(dataset, device=device)
@@ -144,6 +185,12 @@ def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_sc
         mesh.export(path)
         rows[name] = {"method": name, **geometry_scores(path, gt_path, n_points),
                       "seconds": t_hull if name == "hull" else t_fused, "faces": len(mesh.faces)}
+    if views.depth is not None and depth_res is not None:
+        t0 = time.perf_counter()
+        bound = depth_bound_mesh(gt_path, views.cameras, depth_res, device)
+        bound.export(out / "depth_bound.obj")
+        rows["depth_bound"] = {"method": "depth_bound", **geometry_scores(out / "depth_bound.obj", gt_path, n_points),
+                               "seconds": time.perf_counter() - t0, "faces": len(bound.faces)}
     return rows
 
 
@@ -170,7 +217,7 @@ def bench_object(name: str, out: str | Path, settings: BenchSettings, shared_dir
     gt_path = folder / "capture" / "gt_mesh.obj"
     cfg = resolve(settings.preset, {"data.resolution": settings.res, **settings.overrides})
     rows = list(baselines(dataset, gt_path, folder / "baselines", cfg.geometry.mesh_scale, settings.baseline_res,
-                          settings.n_points, settings.device).values())
+                          settings.n_points, settings.device, depth_resolution(settings.res)).values())
     if settings.reconstruct:
         for init in settings.inits:
             rows.append(reconstruct(dataset, gt_path, folder / f"run_{init}", settings, init))
