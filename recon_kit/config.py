@@ -49,7 +49,11 @@ class GeometryConfig:
     sdf_regularizer: float = 0.2
     """Initial weight of the SDF sign-flip regulariser (decays to 0.01)."""
     laplace_scale: float = 3000.0
-    """Pass-2 Laplacian weight (relative mode), decays linearly to 0."""
+    """Pass-2 Laplacian weight (relative mode), decays linearly over pass 2 (to laplace_floor x this)."""
+    laplace_floor: float = 0.0
+    """Share of laplace_scale the decaying pass-2 Laplacian weight never drops below (0 = to 0, as nvdiffrec):
+    the weight's last stretch at 0 lets pass 2 roughen the surface. 0.3 in cpu-small (docs/benchmarks.md
+    section 16: Chamfer -0.004 to -0.019 %, held-out PSNR +0.5 to +0.8 dB on four CPU runs)."""
     max_faces: int = 200_000
     """Pass-2 meshes above this are decimated before UV unwrapping."""
     unwrap_faces: int = 0
@@ -251,6 +255,8 @@ class ReconConfig:
             (self.geometry.init in ("hull", "depth", "sphere", "random"),
              "geometry.init must be hull, depth, sphere or random"),
             (self.geometry.unwrap_faces >= 0, "geometry.unwrap_faces must be >= 0 (0 = no extra decimation)"),
+            (0 <= self.geometry.laplace_floor <= 1,
+             "geometry.laplace_floor must be a share of geometry.laplace_scale in [0, 1] (0 = decay to 0)"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
             (all(len(x) == 3 for x in (self.material.kd_min, self.material.kd_max, self.material.ks_min,
                                        self.material.ks_max)), "material kd/ks ranges need 3 values each"),
@@ -376,7 +382,8 @@ _GPU_DEFAULT = {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mes
 
 PRESETS: dict[str, dict] = {
     # Minutes on a 2-core CPU: the demo, CI and notebooks under papermill.
-    "cpu-small": {"data": {"resolution": 128}, "geometry": {"grid_res": 48, "hull_res": 64, "laplace_scale": 1000.0},
+    "cpu-small": {"data": {"resolution": 128}, "geometry": {"grid_res": 48, "hull_res": 64, "laplace_scale": 1000.0,
+                                                            "laplace_floor": 0.3},
                   "material": {"texture_res": 256, "hash_levels": 8, "hash_log2_size": 15, "hash_max_res": 256},
                   "light": {"env_res": 32},
                   "pass1": {"iterations": 150, "batch": 2}, "pass2": {"iterations": 60, "batch": 2, "warmup": 10},

@@ -24,6 +24,9 @@ def test_bad_types_and_values_are_named():
         C.ReconConfig.from_dict({"pass1": {"batch": "two"}})
     with pytest.raises(C.ConfigError, match="geometry.init must be hull, depth, sphere or random"):
         C.ReconConfig.from_dict({"geometry": {"init": "cube"}})
+    with pytest.raises(C.ConfigError, match=r"geometry.laplace_floor must be a share of geometry.laplace_scale in "
+                                            r"\[0, 1\] \(0 = decay to 0\)"):
+        C.resolve("cpu-small", {"geometry.laplace_floor": 1.5})
 
 
 def test_overrides_and_presets():

@@ -193,6 +193,10 @@ def test_fixed_mesh_laplacian_and_uvs() -> None:
     loss = fixed.laplacian(0.25, 1e4)
     assert loss.item() > 0
     assert fixed.laplacian(1.0, 1e4).item() == 0.0
+    # geometry.laplace_floor: the weight decays as 1 - t but stays at the floor for the rest of pass 2
+    assert fixed.laplacian(0.5, 1e4, floor=0.3).item() == pytest.approx(loss.item() * 0.5 / 0.75)
+    assert fixed.laplacian(1.0, 1e4, floor=0.3).item() == pytest.approx(loss.item() * 0.3 / 0.75)
+    assert fixed.laplacian(0.9, 1e4, floor=0.3).item() == pytest.approx(loss.item() * 0.3 / 0.75)
     loss.backward()
     assert fixed.offset.grad.abs().sum() > 0
     mesh = fixed.mesh()

@@ -25,7 +25,8 @@ class FixedMesh(nn.Module):
         """Current mesh: ``v_init + offset`` with the stored faces and UVs."""
         return Mesh(self.v_init + self.offset, self.t_pos_idx, self.v_tex, self.t_tex_idx)
 
-    def laplacian(self, t: float, scale: float) -> torch.Tensor:
-        """Relative Laplacian (on ``offset``), weighted ``scale * (1 - t)`` as nvdiffrec's pass 2."""
-        weight = float(scale) * max(0.0, 1.0 - float(t))
+    def laplacian(self, t: float, scale: float, floor: float = 0.0) -> torch.Tensor:
+        """Relative Laplacian (on ``offset``), weighted ``scale * max(floor, 1 - t)`` at pass-2 progress ``t``
+        (``floor = 0``: nvdiffrec's pass 2)."""
+        weight = float(scale) * max(float(floor), 1.0 - float(t))
         return weight * laplacian_loss(self.v_init + self.offset, self.t_pos_idx, v_ref=self.v_init, edges=self.edges)

@@ -184,7 +184,7 @@ class Pass2(Phase):
         return depth_end
 
     def regularizers(self, t: float, cfg: ReconConfig) -> dict[str, torch.Tensor]:
-        return {"laplace": self.fixed.laplacian(t, cfg.geometry.laplace_scale)}
+        return {"laplace": self.fixed.laplacian(t, cfg.geometry.laplace_scale, cfg.geometry.laplace_floor)}
 
     def clamp_(self) -> None:
         self.textures.clamp_()
