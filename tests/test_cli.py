@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from recon_kit import notebooks as rk_nb
@@ -98,6 +97,7 @@ def test_set_values():
 
 # run_demo wiring, on four stand-in notebooks --------------------------------------------------------------------
 def _notebook(path: Path, params: str, body: str) -> None:
+    nbformat = pytest.importorskip("nbformat")  # a device machine may lack it; the CLI tests above need none
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
