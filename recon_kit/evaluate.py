@@ -207,9 +207,13 @@ def chamfer_fscore(pred: Geometry, gt: Geometry, n_points: int = 100_000, thresh
     p_pts, p_nrm, _ = _surface_samples(pred, n_points, rngs[0])
     g_pts, g_nrm, g_box = _surface_samples(gt, n_points, rngs[1])
     dense = max(1, int(ref_factor)) * n_points
-    p_ref, p_ref_nrm = (p_pts, p_nrm) if p_nrm is None or dense == n_points else \
-        _surface_samples(pred, dense, rngs[2])[:2]
-    g_ref, g_ref_nrm = (g_pts, g_nrm) if g_nrm is None or dense == n_points else _surface_samples(gt, dense, rngs[3])[:2]
+
+    def reference(geom, pts, nrm, rng):
+        """The surface a side's nearest neighbours are looked up in: its dense sampling, or points as given."""
+        return (pts, nrm) if nrm is None or dense == n_points else _surface_samples(geom, dense, rng)[:2]
+
+    p_ref, p_ref_nrm = reference(pred, p_pts, p_nrm, rngs[2])
+    g_ref, g_ref_nrm = reference(gt, g_pts, g_nrm, rngs[3])
     diag = float(np.linalg.norm(g_box[1] - g_box[0]))
     if diag <= 0:
         raise ValueError("the ground truth has a degenerate (zero-size) bounding box")

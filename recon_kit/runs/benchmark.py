@@ -120,8 +120,8 @@ def render_object(name: str, folder: str | Path, res: int, n_test: int = 24, see
     return dataset
 
 
-def geometry_scores(mesh_path: str | Path, gt_path: str | Path, n_points: int) -> dict:
-    """Chamfer-L1 (% of the GT diagonal), F-score@1 %, precision, recall, normal consistency of a mesh file."""
+def geometry_scores(mesh_path: str | Path | trimesh.Trimesh, gt_path: str | Path, n_points: int) -> dict:
+    """Chamfer-L1 (% of the GT diagonal), F-score@1 %, precision, recall, normal consistency of a mesh (file)."""
     g = evaluate.chamfer_fscore(mesh_path, gt_path, n_points=n_points)
     return {"chamfer_l1_pct": 100.0 * g["chamfer_l1"], "fscore": g["fscore"], "precision": g["precision"],
             "recall": g["recall"], "normal_consistency": g["normal_consistency"]}
@@ -189,7 +189,7 @@ def baselines(dataset: str | Path, gt_path: str | Path, out: str | Path, mesh_sc
         t0 = time.perf_counter()
         bound = depth_bound_mesh(gt_path, views.cameras, depth_res, device)
         bound.export(out / "depth_bound.obj")
-        rows["depth_bound"] = {"method": "depth_bound", **geometry_scores(out / "depth_bound.obj", gt_path, n_points),
+        rows["depth_bound"] = {"method": "depth_bound", **geometry_scores(bound, gt_path, n_points),
                                "seconds": time.perf_counter() - t0, "faces": len(bound.faces)}
     return rows
 
