@@ -52,8 +52,12 @@ class GeometryConfig:
     """Pass-2 Laplacian weight (relative mode), decays linearly over pass 2 (to laplace_floor x this)."""
     laplace_floor: float = 0.0
     """Share of laplace_scale the decaying pass-2 Laplacian weight never drops below (0 = to 0, as nvdiffrec):
-    the weight's last stretch at 0 lets pass 2 roughen the surface. 0.3 in cpu-small (docs/benchmarks.md
-    section 16: Chamfer -0.004 to -0.019 %, held-out PSNR +0.5 to +0.8 dB on four CPU runs)."""
+    the weight's last stretch at 0 lets pass 2 roughen the surface. 0.3 in every preset but seed-nvdiffrec
+    (docs/benchmarks.md sections 16-17: smoother, lower Chamfer and higher held-out PSNR on CPU and H200)."""
+    cull_views: int = 0
+    """Before unwrapping, drop the faces that no render shows, from this many directions around the mesh and
+    from the training views: the pockets and tunnels DMTet grows inside an object, which no photo constrains
+    (docs/benchmarks.md section 18); 0 = keep every face (nvdiffrec). 48 in every preset but seed-nvdiffrec."""
     max_faces: int = 200_000
     """Pass-2 meshes above this are decimated before UV unwrapping."""
     unwrap_faces: int = 0
@@ -255,6 +259,8 @@ class ReconConfig:
             (self.geometry.init in ("hull", "depth", "sphere", "random"),
              "geometry.init must be hull, depth, sphere or random"),
             (self.geometry.unwrap_faces >= 0, "geometry.unwrap_faces must be >= 0 (0 = no extra decimation)"),
+            (self.geometry.cull_views >= 0,
+             "geometry.cull_views must be >= 0 (directions to look for hidden faces from; 0 = keep every face)"),
             (0 <= self.geometry.laplace_floor <= 1,
              "geometry.laplace_floor must be a share of geometry.laplace_scale in [0, 1] (0 = decay to 0)"),
             (self.material.encoder in ("auto", "torch", "tcnn"), "material.encoder must be auto, torch or tcnn"),
@@ -373,8 +379,10 @@ def _merged(base: dict, changes: dict) -> dict:
 # The user's shoe settings on a GPU (1024^2, batch 2, grid 128, 5000 + 5000 iterations); for real captures,
 # hand-framed views are corrected and depth shapes pass 1, then hands over to the photos. With masks trimmed to
 # the photos (prepare --trim-px 8) the shoe reaches 36.9 dB (docs/benchmarks.md section 10; edge weights,
-# loss.edge_px, cost 0.7 dB there for half the fringe score).
-_GPU_DEFAULT = {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mesh_scale": "auto"},
+# loss.edge_px, cost 0.7 dB there for half the fringe score). laplace_floor 0.3: section 17 (512² synthetic
+# objects: Chamfer and held-out PSNR better on two of three, the shoe unchanged).
+_GPU_DEFAULT = {"data": {"resolution": 1024},
+                "geometry": {"grid_res": 128, "mesh_scale": "auto", "laplace_floor": 0.3, "cull_views": 48},
                 "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                 "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
                 "material": {"texture_res": 1024}, "snapshot_every": 100, "guard_every": 10,
@@ -383,7 +391,7 @@ _GPU_DEFAULT = {"data": {"resolution": 1024}, "geometry": {"grid_res": 128, "mes
 PRESETS: dict[str, dict] = {
     # Minutes on a 2-core CPU: the demo, CI and notebooks under papermill.
     "cpu-small": {"data": {"resolution": 128}, "geometry": {"grid_res": 48, "hull_res": 64, "laplace_scale": 1000.0,
-                                                            "laplace_floor": 0.3},
+                                                            "laplace_floor": 0.3, "cull_views": 48},
                   "material": {"texture_res": 256, "hash_levels": 8, "hash_log2_size": 15, "hash_max_res": 256},
                   "light": {"env_res": 32},
                   "pass1": {"iterations": 150, "batch": 2}, "pass2": {"iterations": 60, "batch": 2, "warmup": 10},

@@ -189,6 +189,25 @@ def _compact(mesh: Mesh, face_keep: torch.Tensor | None = None) -> Mesh:
     return Mesh(mesh.v_pos[used], f_new, v_tex, t_tex_idx)
 
 
+def keep_faces(mesh: Mesh, keep: torch.Tensor, fill: int = 0) -> Mesh:
+    """The faces marked in ``keep`` ``[F]`` (bool) without the vertices (and UVs) no kept face uses.
+
+    ``fill`` rounds first add every dropped face with at least two kept edge neighbours: pinholes and notches
+    of one or two faces in a kept surface close, while a dropped region with a smooth border stays dropped."""
+    keep = keep.to(mesh.device, torch.bool)
+    if fill > 0:
+        tri = mesh.t_pos_idx
+        e = torch.sort(tri[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), dim=1).values
+        _, edge_id = torch.unique(e, dim=0, return_inverse=True)          # [3F]: each face side's edge
+        for _ in range(fill):
+            kept_sides = keep.repeat_interleave(3).to(torch.int32)
+            per_edge = torch.zeros(int(edge_id.max()) + 1, dtype=torch.int32, device=mesh.device)
+            per_edge.index_add_(0, edge_id, kept_sides)
+            neighbours = (per_edge[edge_id] - kept_sides).reshape(-1, 3).sum(1)   # kept faces across each side
+            keep = keep | (neighbours >= 2)
+    return _compact(mesh, keep)
+
+
 def remove_small_components(mesh: Mesh, min_faces_fraction: float = 0.01) -> Mesh:
     """Drop vertex-connected components with fewer than ``min_faces_fraction`` of all faces (floaters).
 

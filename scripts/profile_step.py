@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--pass2", action="store_true", help="profile pass-2 steps (runs 2 pass-1 steps, then bakes)")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--by-count", type=int, default=0, help="also list this many operators with the most calls "
+                    "per step (where a launch-bound step's kernel launches come from)")
     ap.add_argument("--time", type=int, default=0, help="also time this many steps without the profiler")
     ap.add_argument("--syncs", type=int, default=0, help="list the host syncs of this many steps (CUDA only)")
     a = ap.parse_args()
@@ -116,6 +118,15 @@ def main() -> None:
         dev_t = getattr(ev, "device_time_total", getattr(ev, "cuda_time_total", 0))
         print(f"  {ev.key:18s} cpu {ev.cpu_time_total / 1e3 / a.steps:8.2f} ms   device {dev_t / 1e3 / a.steps:8.2f} ms")
     print(table.table(sort_by=key.replace("cuda", "device") if tr.device.type == "cuda" else key, row_limit=a.rows))
+    if a.by_count:
+        # On CUDA only operators that run device work themselves (views and metadata ops launch nothing).
+        def launches(ev) -> bool:
+            return tr.device.type != "cuda" or getattr(ev, "self_device_time_total", 0) > 0
+        print("most called operators (calls per step" + (", with device work of their own):" if tr.device.type
+                                                         == "cuda" else "):"))
+        ranked = sorted((e for e in table if not e.key.startswith("rk.") and launches(e)), key=lambda e: -e.count)
+        for ev in ranked[:a.by_count]:
+            print(f"  {ev.count / a.steps:7.1f}  {ev.key}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def test_bad_types_and_values_are_named():
     with pytest.raises(C.ConfigError, match=r"geometry.laplace_floor must be a share of geometry.laplace_scale in "
                                             r"\[0, 1\] \(0 = decay to 0\)"):
         C.resolve("cpu-small", {"geometry.laplace_floor": 1.5})
+    with pytest.raises(C.ConfigError, match=r"geometry.cull_views must be >= 0"):
+        C.resolve("gpu-default", {"geometry.cull_views": -1})
+    assert C.preset("seed-nvdiffrec").geometry.cull_views == 0 and C.preset("gpu-minute").geometry.cull_views == 48
 
 
 def test_overrides_and_presets():

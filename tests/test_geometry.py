@@ -12,7 +12,7 @@ import trimesh
 
 from recon_kit.model.dmtet import NUM_TRIANGLES, TET_EDGES, DMTet, TetGrid, kuhn_res_for, marching_tets, nvdiffrec_equivalent, sdf_reg_weight, tet_edge_topology
 from recon_kit.model.fixed_mesh import FixedMesh
-from recon_kit.mesh import clean_mesh, merge_close_vertices, remove_small_components, simplify
+from recon_kit.mesh import clean_mesh, keep_faces, merge_close_vertices, remove_small_components, simplify
 from recon_kit.mesh import Mesh, face_normals
 
 
@@ -221,6 +221,44 @@ def test_remove_small_components_and_merge() -> None:
     pinched = Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1e-9, 0, 0]]),
                    torch.tensor([[0, 1, 2], [0, 3, 2]]))
     assert merge_close_vertices(pinched).num_faces == 1
+
+
+def test_keep_faces_fills_pinholes_but_not_regions() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    keep = torch.ones(mesh.num_faces, dtype=torch.bool)
+    keep[[5, 300]] = False                                   # two pinholes
+    assert keep_faces(mesh, keep).num_faces == mesh.num_faces - 2
+    assert keep_faces(mesh, keep, fill=1).num_faces == mesh.num_faces
+    cap = torch.tensor(sphere.triangles_center[:, 1] > 0.5)  # a cap: a region with a smooth border
+    kept = keep_faces(mesh, ~cap, fill=2)
+    assert kept.num_faces < mesh.num_faces - 0.8 * int(cap.sum())
+    assert kept.num_vertices < mesh.num_vertices             # unused vertices go
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("nvdiffrast", marks=pytest.mark.gpu)])
+def test_visible_faces_drop_a_pocket_inside(backend: str) -> None:
+    """A sphere holding a smaller, inward-facing one (a closed pocket, as DMTet grows inside objects): renders
+    from around it see every outer face and none of the pocket's."""
+    from recon_kit.render import get_rasterizer
+    from recon_kit.render.visibility import fibonacci_directions, visible_faces
+
+    if backend == "nvdiffrast" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = "cuda" if backend == "nvdiffrast" else "cpu"
+
+    d = fibonacci_directions(64)
+    assert np.allclose(np.linalg.norm(d, axis=1), 1) and abs(d.mean(0)).max() < 0.05
+    outer = trimesh.creation.icosphere(subdivisions=3)
+    pocket = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+    pocket.invert()
+    both = trimesh.util.concatenate([outer, pocket])
+    mesh = Mesh(torch.tensor(both.vertices, dtype=torch.float32, device=device),
+                torch.tensor(both.faces, device=device))
+    seen = visible_faces(get_rasterizer(backend), mesh, n_views=24, resolution=128).cpu()
+    n_out = len(outer.faces)
+    assert seen[:n_out].all() and not seen[n_out:].any()
+    assert keep_faces(mesh, seen, fill=2).num_faces == n_out
 
 
 def test_merge_welds_vertices_where_sdf_is_exactly_zero() -> None:

@@ -10,7 +10,8 @@ import trimesh
 
 from recon_kit.mesh import Mesh
 from recon_kit.runs.table import MetricsTable, format_table, metrics_dataframe
-from recon_kit.evaluate import chamfer_fscore, mesh_stats, psnr, silhouette_iou, ssim, uv_coverage_mask
+from recon_kit.evaluate import (chamfer_fscore, mesh_stats, outer_surface, psnr, silhouette_iou, ssim,
+                                uv_coverage_mask, winding_number)
 from recon_kit.runs.folder import write_metrics_json
 
 
@@ -108,6 +109,30 @@ def test_scaled_cube_matches_analytic_chamfer():
     assert r["fscore"] == pytest.approx(1.0, abs=1e-3)  # threshold 0.01 * diag > 0.01 * sqrt(2)
     tight = chamfer_fscore(_cube(1.02), _cube(), n_points=20_000, threshold=0.005)  # 0.0087 < 0.01
     assert tight["fscore"] == 0.0 and tight["precision"] == 0.0 and tight["recall"] == 0.0
+
+
+def test_winding_number_tells_inside_from_outside():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    w = winding_number(sphere.triangles, np.array([[0.0, 0, 0], [0.5, 0.3, -0.2], [1.5, 0, 0], [0, -3, 0]]))
+    np.testing.assert_allclose(w, [1, 1, 0, 0], atol=1e-5)
+    w = winding_number(sphere.triangles[:, ::-1], np.zeros((1, 3)))   # inward-facing winding: -1
+    np.testing.assert_allclose(w, [-1], atol=1e-5)
+
+
+def test_outer_surface_drops_the_parts_inside_each_other():
+    """Two unit spheres 1 apart, concatenated as one mesh (as the demo object's body and sunk handle are): the
+    outer surface is their union's, 2 x 4 pi - 2 caps of height 1/2 (area 2 pi r h = pi each) = 6 pi."""
+    a = trimesh.creation.icosphere(subdivisions=4)
+    b = a.copy()
+    b.apply_translation([1.0, 0, 0])
+    both = trimesh.util.concatenate([a, b])
+    outer = outer_surface(both)
+    assert outer.area == pytest.approx(6 * math.pi, rel=0.01)
+    assert (np.linalg.norm(outer.triangles_center - [0.5, 0, 0], axis=1) > 0.5).all()  # nothing from the lens
+    r = chamfer_fscore(outer, both, n_points=20_000)
+    assert r["recall"] < 0.9          # the full mesh's interior caps are far from the outer surface
+    one = trimesh.creation.icosphere(subdivisions=2)
+    assert outer_surface(one) is one  # one part: as it is
 
 
 def test_shifted_point_sets():

@@ -9,19 +9,24 @@ groups, the material function the renderer calls, the current mesh and the pass-
 from __future__ import annotations
 
 import abc
-from typing import Callable
+import logging
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from recon_kit import bake
 from recon_kit import mesh as rk_mesh
+from recon_kit.cameras import Camera
 from recon_kit.config import ReconConfig
 from recon_kit.mesh import Mesh
 from recon_kit.model import dmtet as rk_dmtet
 from recon_kit.model import fixed_mesh
 from recon_kit.model import materials
 from recon_kit.render.renderer import frame_from_normal
+from recon_kit.render.visibility import visible_faces
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PASS_NAMES", "Pass1", "Pass2", "Phase", "bake_to_pass2", "phase_from_state"]
 
@@ -204,9 +209,16 @@ def phase_from_state(state: dict, pass1: Pass1, device) -> Phase:
 
 
 @torch.no_grad()
-def bake_to_pass2(pass1: Pass1, rast, cfg: ReconConfig, device) -> Pass2:
-    """The pass switch: extract and clean pass 1's surface, UV-unwrap it, bake the field into textures."""
-    mesh = rk_mesh.clean_mesh(pass1.dmtet.extract(), target_faces=cfg.geometry.unwrap_target())
+def bake_to_pass2(pass1: Pass1, rast, cfg: ReconConfig, device, cameras: Sequence[Camera] = ()) -> Pass2:
+    """The pass switch: extract and clean pass 1's surface (floaters; with ``geometry.cull_views``, the faces no
+    view from around it or from ``cameras`` shows), UV-unwrap it, bake the field into textures."""
+    mesh = rk_mesh.clean_mesh(pass1.dmtet.extract())
+    if cfg.geometry.cull_views > 0 and mesh.num_faces > 0:
+        res = min(512, max(256, cfg.data.resolution))
+        seen = visible_faces(rast, mesh, cfg.geometry.cull_views, res, cameras)
+        n_before, mesh = mesh.num_faces, rk_mesh.keep_faces(mesh, seen, fill=2)
+        log.info("pass switch: %d of %d faces hidden from every view dropped", n_before - mesh.num_faces, n_before)
+    mesh = rk_mesh.simplify(mesh, cfg.geometry.unwrap_target())
     if mesh.num_faces == 0:
         raise RuntimeError("pass 1 produced an empty mesh; check the masks, mesh_scale and poses "
                            "(notebook 02) or start from the visual hull (rk_dmtet.init='hull')")

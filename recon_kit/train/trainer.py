@@ -414,7 +414,7 @@ class Trainer:
 
     def _switch_to_pass2(self) -> None:
         t0 = time.perf_counter()
-        self.phase, self.it = bake_to_pass2(self.phase, self.rast, self.cfg, self.device), 0
+        self.phase, self.it = bake_to_pass2(self.phase, self.rast, self.cfg, self.device, self.views.cameras), 0
         self._make_optimizers()
         self.timings["bake"] += time.perf_counter() - t0
         log.info("bake: %d faces, %d^2 textures in %.1f s", self.fixed.mesh().num_faces, self.cfg.material.texture_res,

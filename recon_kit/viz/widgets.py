@@ -20,7 +20,7 @@ from recon_kit.viz.frontend import ErrorLine
 #: Config keys a running trainer picks up at its next step.
 LIVE = ("pass1.lr_pos", "pass1.lr_mat", "pass2.lr_pos", "pass2.lr_mat", "loss.coverage", "loss.kd_smooth",
         "loss.occlusion", "loss.light_reg", "loss.depth", "geometry.laplace_scale", "geometry.laplace_floor",
-        "geometry.sdf_regularizer",
+        "geometry.sdf_regularizer", "geometry.cull_views",
         "pass1.batch", "pass2.batch", "loss.depth_end")
 
 #: (key, kind, min, max, step) of the sliders and fields the panel shows; a "choice" has its options in place of min.
@@ -32,7 +32,7 @@ CONTROLS = (
     ("pass2.lr_pos", "log", -4, -0.5, 0.05), ("pass2.lr_mat", "log", -4, -0.5, 0.05),
     ("geometry.grid_res", "int", 16, 256, 2), ("geometry.mesh_scale", "float", 0.5, 4.0, 0.05),
     ("geometry.laplace_scale", "float", 0.0, 20000.0, 100.0), ("geometry.laplace_floor", "float", 0.0, 1.0, 0.05),
-    ("data.resolution", "int", 32, 2048, 32),
+    ("geometry.cull_views", "int", 0, 256, 8), ("data.resolution", "int", 32, 2048, 32),
     ("pass1.batch", "int", 1, 16, 1), ("pass2.batch", "int", 1, 16, 1),
     ("loss.coverage", "float", 0.0, 10.0, 0.1), ("loss.kd_smooth", "float", 0.0, 1.0, 0.01),
     ("loss.depth", "float", 0.0, 10.0, 0.1), ("loss.depth_end", "float", 0.0, 1.0, 0.05),
