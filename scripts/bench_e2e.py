@@ -6,7 +6,7 @@ The JSON holds each phase's wall time (``phases_s``), the start-up time (process
 training step: imports, nvdiffrast plugin load, the trainer's set-up, the first compiled step; the data
 phases are left out), ``end_to_end_s`` (prepare to metrics, the demo's rendering left out), the GPU busy share (``nvidia-smi``
 sampled every 0.5 s during training; null without a GPU; ``gpu_busy_by_phase`` splits it into the first step,
-pass 1, the bake and pass 2), peak memory (``torch.cuda.max_memory_allocated`` on
+pass 1, the bake, pass 2's first step and pass 2; ``gpu_busy_trace`` keeps every sample with its label), peak memory (``torch.cuda.max_memory_allocated`` on
 CUDA, the process's peak RSS on the CPU) and the quality metrics (6-view PSNR/SSIM/IoU, depth residual, fringe).
 
 The shoe on the GPU machine (issue 15; run it twice: the second run shows the warm start-up)::
@@ -175,8 +175,13 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
             def labelled_switch() -> None:
                 sampler.phase = "bake"
                 switch()
-                sampler.phase = "pass2"
+                sampler.phase = "pass2_first_step"     # compiles pass 2's shading when compile is on
+
+            def label_pass2(tr, result) -> None:
+                if sampler.phase == "pass2_first_step" and result.pass_name == "pass2":
+                    sampler.phase = "pass2"
             trainer._switch_to_pass2 = labelled_switch
+            trainer.add_callback(label_pass2)
             sampler.phase = "first_step"
             trainer.step()
             sync()
@@ -213,6 +218,7 @@ def run(capture: str, out: Path, preset: str, overrides: dict, resolution: int |
         "end_to_end_s": round(end_to_end, 4),
         "startup_s": round(startup, 4), "first_step_s": round(first_step, 4),
         "gpu_busy": sampler.busy, "gpu_busy_samples": len(sampler.samples), "gpu_busy_by_phase": sampler.busy_by_phase,
+        "gpu_busy_trace": [[p, v] for p, v in zip(sampler.phases, sampler.samples)],
         "peak_memory_gib": round(peak, 4), "peak_memory_kind": peak_kind,
         "quality": quality,
     }

@@ -3,6 +3,7 @@
     python scripts/profile_step.py --dataset path/to/prepared/1024 --preset gpu-default --steps 10 [--pass2]
     python scripts/profile_step.py --dataset ... --steps 0 --time 100     # wall time per step only, no profiler
     python scripts/profile_step.py --dataset ... --steps 0 --syncs 9      # where each host sync comes from
+    python scripts/profile_step.py --dataset ... --steps 10 --gaps        # GPU busy share and where it idles
 """
 
 from __future__ import annotations
@@ -41,6 +42,43 @@ def launch_summary(prof, steps: int) -> str:
             f"runtime calls per step: {calls}")
 
 
+def idle_gaps(trace_path: Path, steps: int, min_us: float = 5.0) -> str:
+    """GPU busy share over the profiled steps and its idle time by kit range, from a Chrome trace.
+
+    Busy is the union of the device activities (kernels, copies, memsets) over the window from the first to the
+    last; an idle gap of at least ``min_us`` is charged to the innermost ``rk.*`` range that was open on the host
+    when the activity ending the gap was launched (where the host was while the GPU waited for work).
+    """
+    events = json.loads(trace_path.read_text())["traceEvents"]
+    device = sorted((e["ts"], e["ts"] + e.get("dur", 0), e.get("args", {}).get("correlation"))
+                    for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    if not device:
+        return "no device activity in the trace"
+    launch_ts = {e["args"]["correlation"]: e["ts"] for e in events
+                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    ranges = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+              if e.get("ph") == "X" and e.get("cat") == "user_annotation" and e["name"].startswith("rk.")]
+
+    def range_at(ts: float) -> str:
+        open_ = [(end - start, name) for start, end, name in ranges if start <= ts <= end]
+        return min(open_)[1] if open_ else "(outside rk ranges)"
+
+    busy, idle, cur_end = 0.0, collections.Counter(), device[0][0]
+    count: collections.Counter = collections.Counter()
+    for start, end, corr in device:
+        if start - cur_end >= min_us:
+            where = range_at(launch_ts.get(corr, start))
+            idle[where] += start - cur_end
+            count[where] += 1
+        busy += max(0.0, end - max(start, cur_end))
+        cur_end = max(cur_end, end)
+    window = cur_end - device[0][0]
+    lines = [f"GPU busy {busy / window:.1%} of {window / 1e3 / steps:.2f} ms per step (profiler trace; idle gaps "
+             f">= {min_us:g} us by the kit range launching the work that ended them, ms per step):"]
+    lines += [f"  {ms / 1e3 / steps:7.3f} ms  {count[k] / steps:6.1f} gaps  {k}" for k, ms in idle.most_common()]
+    return "\n".join(lines)
+
+
 def sync_sites(tr, steps: int) -> collections.Counter:
     """Host syncs PyTorch reports (``set_sync_debug_mode``) over ``steps`` steps, by the innermost recon_kit
     frame and the line that synced. nvdiffrast's own ``cudaStreamSynchronize`` is not among them (the profiler's
@@ -77,6 +115,9 @@ def main() -> None:
                     "per step (where a launch-bound step's kernel launches come from)")
     ap.add_argument("--time", type=int, default=0, help="also time this many steps without the profiler")
     ap.add_argument("--syncs", type=int, default=0, help="list the host syncs of this many steps (CUDA only)")
+    ap.add_argument("--gaps", action="store_true", help="the profiled steps' GPU busy share and idle gaps by kit "
+                    "range (CUDA only; writes the Chrome trace to --trace)")
+    ap.add_argument("--trace", default="profile_trace.json", help="where --gaps writes the Chrome trace")
     a = ap.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.pass2:
@@ -113,6 +154,9 @@ def main() -> None:
     table = prof.key_averages()
     if tr.device.type == "cuda":
         print(launch_summary(prof, a.steps))
+        if a.gaps:
+            prof.export_chrome_trace(a.trace)
+            print(idle_gaps(Path(a.trace), a.steps))
     print("per step, kit ranges:")
     for ev in sorted((e for e in table if e.key.startswith("rk.")), key=lambda e: e.key):
         dev_t = getattr(ev, "device_time_total", getattr(ev, "cuda_time_total", 0))
