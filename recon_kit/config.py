@@ -189,6 +189,9 @@ class ReconConfig:
     """Auto, torch, nvdiffrast."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Torch.compile of shading and hash grid: auto (on CUDA only), on, off."""
+    cuda_graph: bool = False
+    """Pass 2: replay each step's rendering, losses and backward from one CUDA graph (nvdiffrast on CUDA, one
+    process): a few hundred kernel launches become one, around nvdiffrast's rasteriser, which stays eager."""
     shade_chunk: int = 0
     """Shade covered pixels this many at a time under activation checkpointing (0 = all at once): lower peak
     memory at high resolution (2048², batch 6) for one more shading forward per step."""

@@ -53,12 +53,22 @@ class GBuffer:
     depth: torch.Tensor
     uv: torch.Tensor | None = None
     uv_da: torch.Tensor | None = None
+    capacity: int | None = None
     _pixels: torch.Tensor | None = field(default=None, repr=False)
+    _slots: torch.Tensor | None = field(default=None, repr=False)
 
     def pixels(self) -> torch.Tensor:
-        """Flat indices ``[N]`` (into ``B*H*W``) of the covered pixels, computed once (one host sync)."""
+        """Flat indices ``[N]`` (into ``B*H*W``) of the covered pixels, computed once (one host sync).
+
+        With a ``capacity`` N is that number and there is no host sync (what a CUDA graph needs): the rows past
+        the covered count repeat the first covered pixel, and :meth:`scatter` drops them; covered pixels past
+        the capacity are not shaded (the caller sizes it: :func:`compact_indices`)."""
         if self._pixels is None:
-            self._pixels = torch.nonzero(self.mask.reshape(-1) > 0).squeeze(1)
+            covered = self.mask.reshape(-1) > 0
+            if self.capacity is None:
+                self._pixels = self._slots = torch.nonzero(covered).squeeze(1)
+            else:
+                self._pixels, self._slots = compact_indices(covered, self.capacity)
         return self._pixels
 
     def rows(self, image: torch.Tensor) -> torch.Tensor:
@@ -77,11 +87,29 @@ class GBuffer:
         """``[N,C]`` values of the covered pixels back into a ``[B,H,W,C]`` image over ``fill`` (differentiable
         w.r.t. ``values``; ``fill`` is a scalar or an image broadcastable to ``[B,H,W,C]``)."""
         shape = (*self.mask.shape[:3], values.shape[-1])
+        n = shape[0] * shape[1] * shape[2]
         if isinstance(fill, torch.Tensor):
             base = fill.to(values.dtype).expand(shape).reshape(-1, shape[-1])
         else:  # a Python number: no host-to-device copy (which would wait for the GPU)
-            base = values.new_full((shape[0] * shape[1] * shape[2], shape[-1]), float(fill))
-        return base.index_copy(0, self.pixels(), values).view(shape)
+            base = values.new_full((n, shape[-1]), float(fill))
+        self.pixels()
+        if self.capacity is None:
+            return base.index_copy(0, self._slots, values).view(shape)
+        base = torch.cat([base, base[:1]])        # row n: where the padding rows land
+        return base.index_copy(0, self._slots, values)[:n].view(shape)
+
+
+def compact_indices(flags: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices of the True entries of a flat bool tensor in ``capacity`` slots, without a host sync
+    (``torch.nonzero`` reads its count back): ``(gather, scatter)``, equal on the first ``count`` slots; past
+    them ``gather`` repeats the first True index (a valid row to compute on) and ``scatter`` holds ``len(flags)``
+    (a sentinel row to drop). True entries past ``capacity`` are left out."""
+    n = flags.numel()
+    slot = torch.where(flags, torch.cumsum(flags, 0) - 1, capacity).clamp_max(capacity)
+    scatter = torch.full((capacity + 1,), n, dtype=torch.long, device=flags.device)
+    scatter = scatter.scatter(0, slot, torch.arange(n, device=flags.device))[:capacity]   # slot capacity: dropped
+    gather = torch.where(scatter < n, scatter, scatter[0].clamp_max(n - 1))
+    return gather, scatter
 
 
 def clip_positions(v_pos: torch.Tensor, mvp: torch.Tensor) -> torch.Tensor:
@@ -99,11 +127,15 @@ def frame_from_normal(n: torch.Tensor) -> torch.Tensor:
 
 
 def rasterize_mesh(rasterizer: Rasterizer, mesh: Mesh, mvp: torch.Tensor, w2c: torch.Tensor,
-                   resolution: tuple[int, int]) -> GBuffer:
-    """Rasterise ``mesh`` for a batch of cameras and interpolate positions, normals, tangents, UVs, depth."""
+                   resolution: tuple[int, int], raster: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   capacity: int | None = None) -> GBuffer:
+    """Rasterise ``mesh`` for a batch of cameras and interpolate positions, normals, tangents, UVs, depth.
+
+    ``raster``: ``(rast, rast_db)`` of this mesh and these cameras, rasterised already (a CUDA graph replays
+    what follows the rasteriser); ``capacity``: see :meth:`GBuffer.pixels`."""
     tri = mesh.t_pos_idx.int()
     pos_clip = clip_positions(mesh.v_pos, mvp)
-    rast, rast_db = rasterizer.rasterize(pos_clip, tri, resolution)
+    rast, rast_db = raster if raster is not None else rasterizer.rasterize(pos_clip, tri, resolution)
     mask = (rast[..., 3:4] > 0).to(mesh.v_pos.dtype)
     v_nrm = vertex_normals(mesh.v_pos, mesh.t_pos_idx)
     pos, _ = rasterizer.interpolate(mesh.v_pos, rast, tri)
@@ -119,7 +151,7 @@ def rasterize_mesh(rasterizer: Rasterizer, mesh: Mesh, mvp: torch.Tensor, w2c: t
         tng = frame_from_normal(F.normalize(nrm, dim=-1, eps=1e-8))
     return GBuffer(rast=rast, pos_clip=pos_clip, tri=tri, mask=mask, pos=pos,
                    normal=F.normalize(nrm, dim=-1, eps=1e-8), face_normals=face_normals(mesh.v_pos, mesh.t_pos_idx),
-                   tangent=F.normalize(tng, dim=-1, eps=1e-8), depth=depth, uv=uv, uv_da=uv_da)
+                   tangent=F.normalize(tng, dim=-1, eps=1e-8), depth=depth, uv=uv, uv_da=uv_da, capacity=capacity)
 
 
 def make_background(kind: str, shape: tuple[int, ...], device, reference: torch.Tensor | None = None,
@@ -204,7 +236,8 @@ def shade_in_chunks(shader: Callable, chunk: int, maps, lut, *rows, bsdf: str = 
 
 def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tuple[int, int],
                 material: MaterialFn, light, background: torch.Tensor, bsdf: str = "pbr",
-                antialias: bool = True, compile: bool | None = None, shade_chunk: int = 0) -> dict:
+                antialias: bool = True, compile: bool | None = None, shade_chunk: int = 0,
+                raster: tuple[torch.Tensor, torch.Tensor] | None = None, capacity: int | None = None) -> dict:
     """Render ``mesh`` with ``material`` under ``light`` over ``background`` [B,H,W,3] (all linear RGB).
 
     ``views`` holds ``mvp``, ``w2c`` [B,4,4] and ``campos`` [B,3] (see :func:`recon_kit.cameras.stack_matrices`).
@@ -212,10 +245,11 @@ def render_mesh(rasterizer: Rasterizer, mesh: Mesh, views: dict, resolution: tup
     ``kd``, ``ks``, ``normal`` (shading normal, world), and the ``gbuffer`` itself. ``compile`` runs the
     shading compiled (:func:`shade_pixels`; default: on CUDA only; eager again if the compiler fails).
     ``shade_chunk`` > 0 shades the covered pixels that many at a time under checkpointing (:func:`shade_in_chunks`:
-    less memory in training at high resolution, one more shading forward in the backward).
+    less memory in training at high resolution, one more shading forward in the backward). ``raster`` and
+    ``capacity``: see :func:`rasterize_mesh`.
     """
     with record_function("rk.rasterize"):
-        gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution)
+        gb = rasterize_mesh(rasterizer, mesh, views["mvp"], views["w2c"], resolution, raster, capacity)
     with record_function("rk.material"):
         mat = material(gb, rasterizer)
     with record_function("rk.shade"):
@@ -263,13 +297,14 @@ class MeshRenderer:
         self.rasterizer, self.compile, self.shade_chunk = rasterizer, compile, shade_chunk
 
     def render(self, mesh: Mesh, cameras: dict | Sequence[Camera], resolution: tuple[int, int], material: MaterialFn,
-               light, background: torch.Tensor, bsdf: str = "pbr", antialias: bool = True) -> dict:
+               light, background: torch.Tensor, bsdf: str = "pbr", antialias: bool = True, **raster) -> dict:
         """One batch: :func:`render_mesh` for ``cameras`` (a list of :class:`~recon_kit.cameras.Camera` or the
-        matrices of :func:`~recon_kit.cameras.stack_matrices`) over ``background`` [B,H,W,3] (linear RGB)."""
+        matrices of :func:`~recon_kit.cameras.stack_matrices`) over ``background`` [B,H,W,3] (linear RGB);
+        ``raster`` may hold :func:`render_mesh`'s ``raster`` and ``capacity``."""
         if not isinstance(cameras, dict):
             cameras = stack_matrices(list(cameras), device=mesh.v_pos.device)
         return render_mesh(self.rasterizer, mesh, cameras, resolution, material, light, background, bsdf=bsdf,
-                           antialias=antialias, compile=self.compile, shade_chunk=self.shade_chunk)
+                           antialias=antialias, compile=self.compile, shade_chunk=self.shade_chunk, **raster)
 
     @torch.no_grad()
     def render_views(self, mesh: Mesh, cameras: Sequence[Camera], material: MaterialFn, light,

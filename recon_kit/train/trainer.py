@@ -43,12 +43,10 @@ from recon_kit.render import MeshRenderer, get_rasterizer, make_background
 from recon_kit.io.fsio import atomic_write_text, torch_save_atomic
 from recon_kit.train import guard as rk_guard
 from recon_kit.train.callbacks import Callback, default_callbacks
-from recon_kit.train.parallel import _average_gradients
-from recon_kit.train.parallel import _world
+from recon_kit.train.parallel import _average_gradients, _world
+from recon_kit.train.graphed import GraphedViews
 from recon_kit.train.phases import PASS_NAMES, Pass1, Phase, bake_to_pass2, phase_from_state
-from recon_kit.losses import color_loss
-from recon_kit.losses import depth_loss
-from recon_kit.losses import edge_weights
+from recon_kit.losses import color_loss, depth_loss, edge_weights
 
 
 log = logging.getLogger(__name__)
@@ -173,6 +171,7 @@ class Trainer:
         self.opt_mat = torch.optim.Adam(mat, lr=self._pass_cfg.lr_mat)
         self.opt_cam = (torch.optim.Adam(self.cam_refiner.parameters(), lr=self.cfg.cameras.lr)
                         if self.cam_refiner is not None else None)
+        self.graphed = GraphedViews.for_trainer(self)
 
     # ---- the current phase and its modules (the names notebooks, tests and tools use) ----------------------
     @property
@@ -228,9 +227,6 @@ class Trainer:
     # ---- one iteration ---------------------------------------------------------------------------
     def current_mesh(self):
         return self.phase.mesh()
-
-    def _material_fn(self):
-        return self.phase.material_fn()
 
     def _next_batch(self, batch: int) -> torch.Tensor:
         idx = []
@@ -293,6 +289,8 @@ class Trainer:
             loss.backward()
             self._optimizer_step()
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
+        if self.graphed is not None and self.phase.final:   # cuda_graph: pass 2's views replayed from a graph
+            return self.graphed.step(mesh, sel, bg, t)
         self._zero_grad()
         n, size = len(sel), (cfg.view_chunk or len(sel))
         starts = list(range(0, n, size))
@@ -360,19 +358,22 @@ class Trainer:
         terms.update(self.phase.regularizers(t, cfg))
         return terms
 
-    def _view_losses(self, mesh, sel: torch.Tensor, cams: dict, bg: torch.Tensor, t: float) -> dict:
-        """The per-pixel losses of the views ``sel`` (means over those views) rendered from ``cams``."""
+    def _view_losses(self, mesh, sel: torch.Tensor, cams: dict, bg: torch.Tensor, t: float, ramp=None, light=None,
+                     **raster) -> dict:
+        """The per-pixel losses of the views ``sel`` (means over those views) rendered from ``cams``. ``ramp`` (a
+        tensor), ``light`` and ``raster`` (:func:`~recon_kit.render.renderer.render_mesh`): the graphed step's."""
         cfg, lw = self.cfg, self.cfg.loss
         H, W = bg.shape[1:3]
         mask = self.views.mask.index_select(0, sel)[..., None]
         color_w = self._color_w.index_select(0, sel)[..., None]
         target = self.views.rgb_linear.index_select(0, sel) * mask + bg * (1 - mask)
-        out = self.renderer.render(mesh, cams, (H, W), self._material_fn(), self.light, bg)
+        out = self.renderer.render(mesh, cams, (H, W), self.phase.material_fn(), light or self.light, bg,
+                                   **raster)
         losses = {
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
         }
-        ramp = min(1.0, self.it / 500.0)
+        ramp = min(1.0, self.it / 500.0) if ramp is None else ramp
         gmask = out["mask"][..., 0]
         if lw.kd_smooth > 0:
             losses["kd_smooth"] = lw.kd_smooth * ramp * self.phase.kd_smoothness(self.rast, out, gmask)
@@ -464,7 +465,7 @@ class Trainer:
         """Render the current model for ``views`` (any resolution) over a plain background. Eager shading: these
         occasional renders are not worth compiling another (gradient-free) graph for."""
         out = MeshRenderer(self.rast, compile=False).render_views(
-            self.current_mesh(), views.cameras, self._material_fn(), self.light,
+            self.current_mesh(), views.cameras, self.phase.material_fn(), self.light,
             background or self.cfg.data.val_background, bsdf=bsdf, batch=1)   # one view at a time: any resolution
         return {k: out[k] for k in ("rgb_linear", "alpha", "depth")}
 

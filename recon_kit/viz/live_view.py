@@ -278,7 +278,7 @@ class LiveView:
                 lights.update(of=trainer.light, copy=copy.copy(trainer.light))
             return lights["copy"]
 
-        self.scene = lambda: (trainer.current_mesh(), trainer._material_fn(), light(), trainer.rast)
+        self.scene = lambda: (trainer.current_mesh(), trainer.phase.material_fn(), light(), trainer.rast)
         if not self.cameras:
             self.cameras = list(trainer.views.cameras)
             self.show_cameras.disabled = False
