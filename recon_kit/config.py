@@ -406,14 +406,17 @@ PRESETS: dict[str, dict] = {
     # (docs/benchmarks.md section 12).
     "gpu-fast": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 1000, "batch": 6, "lr_decay": 0.001},
                                        "pass2": {"iterations": 1600, "batch": 6, "warmup": 50, "lr_decay": 0.000625},
-                                       "snapshot_every": 0, "compile": "off"}),
+                                       "snapshot_every": 0, "compile": "off",
+                                       "cuda_graph": True}),
     # gpu-fast's recipe cut to the one-minute budget of issue 15: 300 + 400 steps of all 6 views, each pass's
     # learning-rate decay scaled to its length (lr_decay = 1 / iterations: 0.1 at pass 1's end, 0.13 at pass 2's
     # after its 50 warm-up steps). The shoe: 36.6-36.8 dB in 46-52 s end to end on an H200,
-    # rougher in novel views like gpu-fast (docs/benchmarks.md section 12).
+    # rougher in novel views like gpu-fast (docs/benchmarks.md section 12). Both replay pass 2 from a CUDA graph
+    # (cuda_graph: pass 2 19.6 -> 11.3 s on the shoe, GPU busy 52 -> 90 %, docs/benchmarks.md section 21).
     "gpu-minute": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 300, "batch": 6, "lr_decay": 0.00333},
                                          "pass2": {"iterations": 400, "batch": 6, "warmup": 50, "lr_decay": 0.0025},
-                                         "snapshot_every": 0, "compile": "off"}),
+                                         "snapshot_every": 0, "compile": "off",
+                                       "cuda_graph": True}),
     # gpu-default for captures whose cameras and depth maps are exact (synthetic renders, calibrated rigs): no
     # camera corrections, the depth weight kept, edge weights on (docs/benchmarks.md section 9: Chamfer 0.37-0.48 %
     # at 512², against 2.2-3.1 % with the corrections).
