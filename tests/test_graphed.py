@@ -4,7 +4,7 @@ without the graph, on CUDA with it), the fixed-capacity pixel index, and the one
 import pytest
 import torch
 
-from recon_kit import config, synth
+from recon_kit import config
 from recon_kit.data import dataset as rk_dataset
 from recon_kit.render.renderer import compact_indices
 from recon_kit.train.graphed import GraphedViews
@@ -12,11 +12,8 @@ from recon_kit.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def views(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    cap = synth.write_demo_capture(root / "capture", resolution=64, n_test=0)
-    rk_dataset.prepare_dataset(cap, root / "data", [48], progress=False)
-    return rk_dataset.load_viewset(root / "data" / "48")
+def views(demo_dataset):
+    return rk_dataset.load_viewset(demo_dataset(64, 48, 0))
 
 
 def _cfg(device: str, **over):

@@ -19,7 +19,7 @@ pass-2 mesh and its cameras barely move); a step that covers more records it aga
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch.profiler import record_function
@@ -27,9 +27,6 @@ from torch.profiler import record_function
 from recon_kit.mesh import Mesh
 from recon_kit.render.renderer import clip_positions
 from recon_kit.render.shading import ShadingMaps
-
-if TYPE_CHECKING:
-    from recon_kit.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +49,13 @@ class GraphedViews:
     """Pass 2's per-view losses and backward as a CUDA graph (``capture=False``: the same three-part step
     without the graph, which is what the CPU tests compare with the plain step)."""
 
-    def __init__(self, trainer: "Trainer", capture: bool = True, slack: float = 1.05) -> None:
+    def __init__(self, trainer: Any, capture: bool = True, slack: float = 1.05) -> None:
         self.trainer, self.capture, self.slack = trainer, capture, slack
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capacity, self.recordings, self._key = 0, 0, None
 
     @classmethod
-    def for_trainer(cls, trainer: "Trainer") -> "GraphedViews | None":
+    def for_trainer(cls, trainer: Any) -> "GraphedViews | None":
         """The trainer's graphed step when ``cuda_graph`` is on and pass 2 runs, after checking that it can be:
         a one-line error names what is missing and the fix."""
         cfg = trainer.cfg
