@@ -67,6 +67,21 @@ def test_three_part_step_matches_the_plain_step_on_cpu(views):
     assert graphed.recordings == 1 and graphed.capacity >= 1
 
 
+def test_a_failed_capture_falls_back_to_the_same_step(views, monkeypatch, caplog):
+    """A graph that cannot be recorded (an operation the capture refuses) leaves a warning and the three-part
+    step without the graph, whose results are the plain step's."""
+    tr = _pass2(_cfg("cpu"), views)
+
+    def refuse(self) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(GraphedViews, "_capture", refuse)
+    graphed = GraphedViews(tr, capture=True)
+    with caplog.at_level("WARNING"):
+        _assert_same_step(tr, graphed, [0, 2, 4])
+    assert not graphed.capture and graphed.graph is None
+    assert "recording the CUDA graph failed (operation not permitted" in caplog.text
+
+
 @pytest.mark.gpu
 def test_cuda_graph_step_matches_the_eager_step(views):
     """Recorded once, replayed on other views; then a graphed run trains through pass 2. Without the kd

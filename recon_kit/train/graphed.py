@@ -135,14 +135,24 @@ class GraphedViews:
                  "recording a CUDA graph of" if self.capture else "running", self.capacity, covered)
         if not self.capture:
             return
+        try:
+            self._capture()
+        except RuntimeError as exc:      # e.g. an operation a graph cannot hold: same step, without the graph
+            log.warning("pass 2: recording the CUDA graph failed (%s); training goes on without it "
+                        "(set cuda_graph=false to skip the attempt)", str(exc).splitlines()[0] if str(exc) else exc)
+            self.graph, self.out, self.capture = None, None, False
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (compiles the shading, fills the caches), then record the graph. Only this
+        thread's calls are checked during the capture: a live view may render from another thread."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):            # compiles the shading and fills the caches outside the capture
+            for _ in range(2):
                 self._forward_backward()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.out = self._forward_backward()
 
     def _forward_backward(self) -> tuple[torch.Tensor, tuple]:
