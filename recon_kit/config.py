@@ -189,9 +189,9 @@ class ReconConfig:
     """Auto, torch, nvdiffrast."""
     compile: Literal["auto", "on", "off"] = "auto"
     """Torch.compile of shading and hash grid: auto (on CUDA only), on, off."""
-    cuda_graph: bool = False
-    """Pass 2: replay each step's rendering, losses and backward from one CUDA graph (nvdiffrast on CUDA, one
-    process): a few hundred kernel launches become one, around nvdiffrast's rasteriser, which stays eager."""
+    cuda_graph: Literal["auto", "on", "off"] = "off"
+    """Pass 2: replay each step's rendering, losses and backward from one CUDA graph around nvdiffrast's
+    rasteriser, which stays eager (needs CUDA, nvdiffrast, one process): auto (where it can run), on, off."""
     shade_chunk: int = 0
     """Shade covered pixels this many at a time under activation checkpointing (0 = all at once): lower peak
     memory at high resolution (2048², batch 6) for one more shading forward per step."""
@@ -245,6 +245,7 @@ class ReconConfig:
         checks = [
             (self.data.resolution >= 16, "data.resolution must be >= 16"),
             (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
+            (self.cuda_graph in ("auto", "on", "off"), "cuda_graph must be auto, on or off"),
             (self.shade_chunk >= 0, "shade_chunk must be >= 0 (0 = shade every covered pixel at once)"),
             (self.view_chunk >= 0, "view_chunk must be >= 0 (0 = render a step's views at once)"),
             (self.loss.depth_prior >= 0, "loss.depth_prior must be >= 0 (0 = off)"),
@@ -407,7 +408,7 @@ PRESETS: dict[str, dict] = {
     "gpu-fast": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 1000, "batch": 6, "lr_decay": 0.001},
                                        "pass2": {"iterations": 1600, "batch": 6, "warmup": 50, "lr_decay": 0.000625},
                                        "snapshot_every": 0, "compile": "off",
-                                       "cuda_graph": True}),
+                                       "cuda_graph": "auto"}),
     # gpu-fast's recipe cut to the one-minute budget of issue 15: 300 + 400 steps of all 6 views, each pass's
     # learning-rate decay scaled to its length (lr_decay = 1 / iterations: 0.1 at pass 1's end, 0.13 at pass 2's
     # after its 50 warm-up steps). The shoe: 36.6-36.8 dB in 46-52 s end to end on an H200,
@@ -416,7 +417,7 @@ PRESETS: dict[str, dict] = {
     "gpu-minute": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 300, "batch": 6, "lr_decay": 0.00333},
                                          "pass2": {"iterations": 400, "batch": 6, "warmup": 50, "lr_decay": 0.0025},
                                          "snapshot_every": 0, "compile": "off",
-                                       "cuda_graph": True}),
+                                       "cuda_graph": "auto"}),
     # gpu-default for captures whose cameras and depth maps are exact (synthetic renders, calibrated rigs): no
     # camera corrections, the depth weight kept, edge weights on (docs/benchmarks.md section 9: Chamfer 0.37-0.48 %
     # at 512², against 2.2-3.1 % with the corrections).

@@ -91,27 +91,51 @@ def test_a_failed_capture_falls_back_to_the_same_step(views, monkeypatch, caplog
 def test_cuda_graph_step_matches_the_eager_step(views):
     """Recorded once, replayed on other views; then a graphed run trains through pass 2. Without the kd
     smoothness term: its random offsets come from the graph's own draws, not the eager step's."""
-    tr = _pass2(_cfg("cuda", cuda_graph=True, **{"loss.kd_smooth": 0.0}), views)
+    tr = _pass2(_cfg("cuda", cuda_graph="on", **{"loss.kd_smooth": 0.0}), views)
     graphed = tr.graphed
     assert graphed is not None and graphed.capture
     _assert_same_step(tr, graphed, [0, 2, 4])
     _assert_same_step(tr, graphed, [5, 1, 3])
     assert graphed.graph is not None and graphed.recordings == 1
-    tr2 = Trainer(_cfg("cuda", cuda_graph=True, **{"pass2.iterations": 20}), views)
+    tr2 = Trainer(_cfg("cuda", cuda_graph="on", **{"pass2.iterations": 20}), views)
     tr2.run(progress=False)
     assert tr2.done and tr2.graphed is not None and tr2.graphed.graph is not None
     assert all(torch.isfinite(torch.tensor(h["total"])) for h in tr2.history)
 
 
-def test_cuda_graph_on_the_cpu_is_a_one_line_error(views):
-    with pytest.raises(ValueError, match=r"cuda_graph=true needs a CUDA device .*set cuda_graph=false"):
-        Trainer(_cfg("cpu", cuda_graph=True), views)
+@pytest.mark.gpu
+def test_cuda_graph_with_chunked_shading(views):
+    """Shading in checkpointed chunks inside the graph (the checkpoints must not read the RNG state, which a
+    capture refuses): the graph is recorded, not given up."""
+    tr = _pass2(_cfg("cuda", cuda_graph="on", shade_chunk=500), views)
+    tr.run(5, progress=False)
+    assert tr.graphed is not None and tr.graphed.graph is not None
+    assert all(torch.isfinite(torch.tensor(h["total"])) for h in tr.history)
+
+
+def test_cuda_graph_where_it_cannot_run(views, caplog):
+    """``on`` on the CPU is a one-line error naming the fix; ``auto`` (the GPU presets') trains without it."""
+    with pytest.raises(ValueError, match=r"cuda_graph=on needs a CUDA device .*set cuda_graph=auto .* or off"):
+        Trainer(_cfg("cpu", cuda_graph="on"), views)
+    with caplog.at_level("INFO"):
+        tr = _pass2(_cfg("cpu", cuda_graph="auto"), views)
+    assert tr.graphed is None and "pass 2 runs without the CUDA graph, which needs a CUDA device" in caplog.text
+
+
+def test_no_covered_pixel_runs_the_plain_step(views):
+    """Views that miss the mesh: the graphed step hands the step back to the plain one."""
+    tr = _pass2(_cfg("cpu"), views)
+    graphed = GraphedViews(tr, capture=False)
+    mesh = tr.current_mesh()
+    far = mesh.with_positions(mesh.v_pos + 100.0)
+    bg = torch.ones(1, 48, 48, 3)
+    assert graphed.step(far, torch.tensor([0]), bg, 0.5) is None and graphed.recordings == 0
 
 
 def test_compact_indices_fixed_capacity():
     flags = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
     gather, scatter = compact_indices(flags, 6)
-    assert gather.tolist() == [1, 3, 4, 7, 1, 1] and scatter.tolist() == [1, 3, 4, 7, 8, 8]
+    assert gather.tolist() == [1, 3, 4, 7, 1, 3] and scatter.tolist() == [1, 3, 4, 7, 8, 8]
     gather, scatter = compact_indices(flags, 3)     # over capacity: the first three
     assert gather.tolist() == scatter.tolist() == [1, 3, 4]
     gather, scatter = compact_indices(torch.zeros(5, dtype=torch.bool), 2)

@@ -80,7 +80,7 @@ class GBuffer:
 
         Looked up at the covered pixels only: a per-pixel image would send every background pixel's (zero)
         gradient to one face, millions of atomic adds on one address in the backward."""
-        tid = self.rows(self.rast[..., 3:4].detach()).reshape(-1).long() - 1
+        tid = (self.rows(self.rast[..., 3:4].detach()).reshape(-1).long() - 1).clamp_min(0)  # padding rows: >= 0
         return self.face_normals.index_select(0, tid)
 
     def scatter(self, values: torch.Tensor, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -102,13 +102,15 @@ class GBuffer:
 def compact_indices(flags: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The indices of the True entries of a flat bool tensor in ``capacity`` slots, without a host sync
     (``torch.nonzero`` reads its count back): ``(gather, scatter)``, equal on the first ``count`` slots; past
-    them ``gather`` repeats the first True index (a valid row to compute on) and ``scatter`` holds ``len(flags)``
-    (a sentinel row to drop). True entries past ``capacity`` are left out."""
+    them ``gather`` repeats the True indices in turn (valid rows to compute on, spread so that their zero
+    gradients do not pile onto one row) and ``scatter`` holds ``len(flags)`` (a sentinel row to drop). True
+    entries past ``capacity`` are left out."""
     n = flags.numel()
-    slot = torch.where(flags, torch.cumsum(flags, 0) - 1, capacity).clamp_max(capacity)
-    scatter = torch.full((capacity + 1,), n, dtype=torch.long, device=flags.device)
-    scatter = scatter.scatter(0, slot, torch.arange(n, device=flags.device))[:capacity]   # slot capacity: dropped
-    gather = torch.where(scatter < n, scatter, scatter[0].clamp_max(n - 1))
+    csum = torch.cumsum(flags, 0)
+    slots = torch.arange(capacity, device=flags.device)
+    scatter = torch.searchsorted(csum, slots + 1)          # slot j: the (j+1)-th True entry, n past the count
+    repeat = scatter.index_select(0, slots % csum[-1:].clamp_min(1))
+    gather = torch.where(scatter < n, scatter, repeat).clamp_max(n - 1)
     return gather, scatter
 
 
@@ -230,7 +232,8 @@ def shade_in_chunks(shader: Callable, chunk: int, maps, lut, *rows, bsdf: str = 
     n = rows[0].shape[0]
     with set_checkpoint_early_stop(False):
         parts = [checkpoint(shader, maps, lut, *(None if r is None else r[s:s + chunk] for r in rows), bsdf,
-                            use_reentrant=False) for s in range(0, n, chunk)]
+                            use_reentrant=False, preserve_rng_state=False)   # no random draws; a CUDA graph
+                 for s in range(0, n, chunk)]                                 # refuses reading the RNG state
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

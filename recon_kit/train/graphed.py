@@ -56,24 +56,29 @@ class GraphedViews:
 
     @classmethod
     def for_trainer(cls, trainer: Any) -> "GraphedViews | None":
-        """The trainer's graphed step when ``cuda_graph`` is on and pass 2 runs, after checking that it can be:
-        a one-line error names what is missing and the fix."""
+        """The trainer's graphed step in pass 2 when ``cuda_graph`` allows it: ``auto`` where it can run (else
+        the plain step, with a log line saying why), ``on`` or a one-line error naming what is missing."""
         cfg = trainer.cfg
-        if not cfg.cuda_graph:
+        if cfg.cuda_graph == "off":
             return None
         needs = [(trainer.device.type == "cuda", f"a CUDA device (this run is on {trainer.device})"),
                  (trainer.rast.name == "nvdiffrast", f"the nvdiffrast rasteriser (backend is {trainer.rast.name})"),
                  (trainer.world_size == 1, f"one process (this run has {trainer.world_size})"),
                  (cfg.view_chunk == 0 or cfg.view_chunk >= cfg.pass2.batch,
                   f"a step's views rendered at once (view_chunk {cfg.view_chunk} < pass2.batch {cfg.pass2.batch})")]
-        missing = [why for ok, why in needs if not ok]
+        missing = "; ".join(why for ok, why in needs if not ok)
+        if missing and cfg.cuda_graph == "on":
+            raise ValueError(f"cuda_graph=on needs {missing}: set cuda_graph=auto (the graph where it can run) "
+                             "or off")
         if missing:
-            raise ValueError(f"cuda_graph=true needs {'; '.join(missing)}: set cuda_graph=false")
+            log.info("cuda_graph=auto: pass 2 runs without the CUDA graph, which needs %s", missing)
+            return None
         return cls(trainer) if trainer.phase.final else None
 
-    def step(self, mesh: Mesh, sel: torch.Tensor, bg: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
+    def step(self, mesh: Mesh, sel: torch.Tensor, bg: torch.Tensor, t: float) -> dict[str, torch.Tensor] | None:
         """One pass-2 step on views ``sel`` over backgrounds ``bg``: gradients and the optimiser step; returns the
-        step's losses (device tensors, as the plain step's)."""
+        step's losses (device tensors, as the plain step's), or None when no view covers a pixel (the plain
+        step then runs: a graph needs at least one covered pixel to repeat in its padding rows)."""
         tr = self.trainer
         tr._zero_grad()
         cams = tr._cameras(sel)
@@ -81,10 +86,13 @@ class GraphedViews:
             tri = mesh.t_pos_idx.int()
             rast, rast_db = tr.rast.rasterize(clip_positions(mesh.v_pos, cams["mvp"]), tri, tuple(bg.shape[1:3]))
             covered = int((rast[..., 3] > 0).sum())   # nvdiffrast has just waited for the GPU: a short read
+        if covered == 0:
+            return None
         maps = tr.light.maps()
         eager = {"v_pos": mesh.v_pos, **{k: cams[k] for k in _CAMERA_KEYS}, "rast": rast, "rast_db": rast_db,
                  "spec_flat": maps.spec_flat, "diff_flat": maps.diff_flat}
-        key = (tuple(bg.shape), tuple(eager["v_pos"].shape), tuple(maps.spec_flat.shape))
+        # the loss weights (live in the training panel) decide which terms the graph holds: a change records it
+        key = (tuple(bg.shape), tuple(eager["v_pos"].shape), tuple(maps.spec_flat.shape), repr(tr.cfg.loss))
         if self._key != key or covered > self.capacity:
             self._record(mesh, maps, eager, sel, bg, t, covered, key)
         with torch.no_grad():
@@ -137,9 +145,11 @@ class GraphedViews:
             return
         try:
             self._capture()
+        except (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.cuda.OutOfMemoryError)):
+            raise                        # not the graph's fault: the same step would fail without it
         except RuntimeError as exc:      # e.g. an operation a graph cannot hold: same step, without the graph
             log.warning("pass 2: recording the CUDA graph failed (%s); training goes on without it "
-                        "(set cuda_graph=false to skip the attempt)", str(exc).splitlines()[0] if str(exc) else exc)
+                        "(set cuda_graph=off to skip the attempt)", str(exc).splitlines()[0] if str(exc) else exc)
             self.graph, self.out, self.capture = None, None, False
 
     def _capture(self) -> None:
@@ -156,7 +166,12 @@ class GraphedViews:
             self.out = self._forward_backward()
 
     def _forward_backward(self) -> tuple[torch.Tensor, tuple]:
-        """The graphed part: losses of the static inputs and their gradients (inputs first, then ``params``)."""
+        """The graphed part: losses of the static inputs and their gradients (inputs first, then ``params``).
+
+        Python numbers are fixed at recording: the pass fraction ``t`` (pass 2's depth decay does not depend
+        on it) and the loss weights (the recording key holds them); the smoothness ramp is a static tensor. The
+        kd smoothness term's random offsets come from the graph's own draws, so a run's numbers differ from the
+        same run without the graph (as they do between any two runs of nvdiffrast's random backgrounds)."""
         tr, s = self.trainer, self.static
         layout = self.maps_layout
         light = _FixedLight(ShadingMaps(s["spec_flat"], s["diff_flat"], *layout))

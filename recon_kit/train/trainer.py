@@ -289,8 +289,9 @@ class Trainer:
             loss.backward()
             self._optimizer_step()
             return {"total": loss.detach(), "empty_mesh": torch.tensor(1.0)}
-        if self.graphed is not None and self.phase.final:   # cuda_graph: pass 2's views replayed from a graph
-            return self.graphed.step(mesh, sel, bg, t)
+        graphed = self.graphed.step(mesh, sel, bg, t) if self.graphed is not None and self.phase.final else None
+        if graphed is not None:   # cuda_graph: pass 2's views replayed from a graph (None: no pixel covered)
+            return graphed
         self._zero_grad()
         n, size = len(sel), (cfg.view_chunk or len(sel))
         starts = list(range(0, n, size))
