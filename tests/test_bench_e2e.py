@@ -33,6 +33,7 @@ def test_bench_e2e_demo_writes_every_field(tmp_path):
         assert math.isfinite(rep[key]) and rep[key] > 0, key
     assert rep["startup_s"] >= rep["first_step_s"]
     assert rep["device"] == "cpu" and rep["gpu_busy"] is None and rep["peak_memory_kind"] == "peak_rss"
+    assert rep["gpu_busy_trace"] == [] and rep["gpu_busy_by_phase"] == {}   # no nvidia-smi samples on the CPU
     assert rep["iterations"] == {"pass1": 4, "pass2": 3} and rep["views"] == 6 and rep["faces"] > 0
     for key in ("psnr", "psnr_masked", "ssim", "iou", "depth_residual", "fringe", "fringe_photos"):
         assert rep["quality"][key] is not None and math.isfinite(rep["quality"][key]), key
