@@ -417,7 +417,7 @@ PRESETS: dict[str, dict] = {
     "gpu-minute": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 300, "batch": 6, "lr_decay": 0.00333},
                                          "pass2": {"iterations": 400, "batch": 6, "warmup": 50, "lr_decay": 0.0025},
                                          "snapshot_every": 0, "compile": "off",
-                                       "cuda_graph": "auto"}),
+                                         "cuda_graph": "auto"}),
     # gpu-default for captures whose cameras and depth maps are exact (synthetic renders, calibrated rigs): no
     # camera corrections, the depth weight kept, edge weights on (docs/benchmarks.md section 9: Chamfer 0.37-0.48 %
     # at 512², against 2.2-3.1 % with the corrections).

@@ -18,6 +18,11 @@ def color_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     return ((pred - target) ** 2).mean()
 
 
+def smoothness_ramp(it: int) -> float:
+    """Warm-up factor of the kd smoothness and occlusion terms at a pass's step ``it``: 0 to 1 over 500 steps."""
+    return min(1.0, it / 500.0)
+
+
 def depth_loss(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Scale/shift-invariant depth loss: per view, fit ``pred ~ a * ref + b`` by least squares over pixels where
     both have depth (the capture's depth encoding is unknown, 8-bit and possibly inverted), then the mean

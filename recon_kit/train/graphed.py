@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
+from recon_kit.losses import smoothness_ramp
 from recon_kit.mesh import Mesh
 from recon_kit.render.renderer import clip_positions
 from recon_kit.render.shading import ShadingMaps
@@ -100,19 +101,18 @@ class GraphedViews:
                 self.static[k].copy_(v)
             self.static["sel"].copy_(sel)
             self.static["bg"].copy_(bg)
-            self.static["ramp"].fill_(min(1.0, tr.it / 500.0))
+            self.static["ramp"].fill_(smoothness_ramp(tr.it))
         with record_function("rk.graph"):
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self.out = self._forward_backward()
         values, grads = self.out
-        wrt = [k for k in eager if self.static[k].requires_grad]
-        for p, g in zip(self.params, grads[len(wrt):]):
+        for p, g in zip(self.params, grads[len(self.wrt):]):
             if g is not None:
                 p.grad = g    # the graph's output, read by this step's optimiser step before the next replay
         terms = tr._step_terms(t)
-        roots = [(eager[k], g) for k, g in zip(wrt, grads) if g is not None and eager[k].requires_grad]
+        roots = [(eager[k], g) for k, g in zip(self.wrt, grads) if g is not None]
         terms_total = sum(terms.values()) if terms else None
         if terms_total is not None and terms_total.requires_grad:
             roots.append((terms_total, None))
@@ -138,7 +138,9 @@ class GraphedViews:
         self.maps_layout = (maps.sizes, maps.offsets, maps.num_levels, maps.diffuse_res)
         self.static = {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in eager.items()}
         self.static.update(sel=sel.clone(), bg=bg.clone(), ramp=torch.zeros((), device=bg.device))
-        self.params = [p for opt in self.trainer._optimizers() for g in opt.param_groups for p in g["params"]]
+        self.wrt = [k for k, v in eager.items() if v.requires_grad]     # the copies whose gradients the graph returns
+        self.params = [p for opt in self.trainer._optimizers() for g in opt.param_groups for p in g["params"]
+                       if p.requires_grad]
         log.info("pass 2: %s the step's views with a capacity of %d covered pixels (%d now)",
                  "recording a CUDA graph of" if self.capture else "running", self.capacity, covered)
         if not self.capture:
@@ -180,13 +182,5 @@ class GraphedViews:
                                  capacity=self.capacity)
         self.names = list(losses)
         total = sum(losses.values())
-        wrt = [v for k, v in s.items() if k not in ("sel", "bg", "ramp") and v.requires_grad]
-        grads = torch.autograd.grad(total, wrt + [p for p in self.params if p.requires_grad], allow_unused=True)
-        grads = grads[:len(wrt)] + _expand(grads[len(wrt):], self.params)
+        grads = torch.autograd.grad(total, [s[k] for k in self.wrt] + self.params, allow_unused=True)
         return torch.stack([total.detach(), *(v.detach() for v in losses.values())]), grads
-
-
-def _expand(grads: tuple, params: list) -> tuple:
-    """Gradients of the trainable ``params`` placed at their positions among all of them (None elsewhere)."""
-    it = iter(grads)
-    return tuple(next(it) if p.requires_grad else None for p in params)

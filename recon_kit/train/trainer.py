@@ -46,7 +46,7 @@ from recon_kit.train.callbacks import Callback, default_callbacks
 from recon_kit.train.parallel import _average_gradients, _world
 from recon_kit.train.graphed import GraphedViews
 from recon_kit.train.phases import PASS_NAMES, Pass1, Phase, bake_to_pass2, phase_from_state
-from recon_kit.losses import color_loss, depth_loss, edge_weights
+from recon_kit.losses import color_loss, depth_loss, edge_weights, smoothness_ramp
 
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class Trainer:
             "coverage": lw.coverage * F.mse_loss(out["alpha"], mask),
             "color": color_loss(out["rgb_linear"] * color_w, target * color_w, lw.color),
         }
-        ramp = min(1.0, self.it / 500.0) if ramp is None else ramp
+        ramp = smoothness_ramp(self.it) if ramp is None else ramp
         gmask = out["mask"][..., 0]
         if lw.kd_smooth > 0:
             losses["kd_smooth"] = lw.kd_smooth * ramp * self.phase.kd_smoothness(self.rast, out, gmask)
