@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import tempfile
 import time
 import traceback
 import warnings
@@ -116,9 +117,11 @@ def main() -> None:
     ap.add_argument("--time", type=int, default=0, help="also time this many steps without the profiler")
     ap.add_argument("--syncs", type=int, default=0, help="list the host syncs of this many steps (CUDA only)")
     ap.add_argument("--gaps", action="store_true", help="the profiled steps' GPU busy share and idle gaps by kit "
-                    "range (CUDA only; writes the Chrome trace to --trace)")
-    ap.add_argument("--trace", default="profile_trace.json", help="where --gaps writes the Chrome trace")
+                    "range (CUDA only; reads the profiler's Chrome trace)")
+    ap.add_argument("--trace", default=None, help="also keep that Chrome trace at this new path")
     a = ap.parse_args()
+    if a.trace and Path(a.trace).exists():
+        raise SystemExit(f"profile_step: --trace {a.trace} exists; choose another path (it is never overwritten)")
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.pass2:
         overrides.setdefault("pass1.iterations", 2)
@@ -155,8 +158,10 @@ def main() -> None:
     if tr.device.type == "cuda":
         print(launch_summary(prof, a.steps))
         if a.gaps:
-            prof.export_chrome_trace(a.trace)
-            print(idle_gaps(Path(a.trace), a.steps))
+            with tempfile.TemporaryDirectory() as tmp:
+                trace = Path(a.trace) if a.trace else Path(tmp) / "trace.json"
+                prof.export_chrome_trace(str(trace))
+                print(idle_gaps(trace, a.steps))
     print("per step, kit ranges:")
     for ev in sorted((e for e in table if e.key.startswith("rk.")), key=lambda e: e.key):
         dev_t = getattr(ev, "device_time_total", getattr(ev, "cuda_time_total", 0))
