@@ -384,13 +384,14 @@ def _merged(base: dict, changes: dict) -> dict:
 # hand-framed views are corrected and depth shapes pass 1, then hands over to the photos. With masks trimmed to
 # the photos (prepare --trim-px 8) the shoe reaches 36.9 dB (docs/benchmarks.md section 10; edge weights,
 # loss.edge_px, cost 0.7 dB there for half the fringe score). laplace_floor 0.3: section 17 (512² synthetic
-# objects: Chamfer and held-out PSNR better on two of three, the shoe unchanged).
+# objects: Chamfer and held-out PSNR better on two of three, the shoe unchanged). cuda_graph auto: pass 2 replayed
+# from a CUDA graph, 183 -> 84 s on the shoe at the same quality (section 23).
 _GPU_DEFAULT = {"data": {"resolution": 1024},
                 "geometry": {"grid_res": 128, "mesh_scale": "auto", "laplace_floor": 0.3, "cull_views": 48},
                 "pass1": {"iterations": 5000, "batch": 2, "lr_pos": 0.03, "lr_mat": 0.03},
                 "pass2": {"iterations": 5000, "batch": 2, "lr_pos": 0.01, "lr_mat": 0.01, "warmup": 100},
                 "material": {"texture_res": 1024}, "snapshot_every": 100, "guard_every": 10,
-                "loss": {"depth_end": 0.0}, "cameras": {"refine": True}}
+                "loss": {"depth_end": 0.0}, "cameras": {"refine": True}, "cuda_graph": "auto"}
 
 PRESETS: dict[str, dict] = {
     # Minutes on a 2-core CPU: the demo, CI and notebooks under papermill.
@@ -407,17 +408,17 @@ PRESETS: dict[str, dict] = {
     # (docs/benchmarks.md section 12).
     "gpu-fast": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 1000, "batch": 6, "lr_decay": 0.001},
                                        "pass2": {"iterations": 1600, "batch": 6, "warmup": 50, "lr_decay": 0.000625},
-                                       "snapshot_every": 0, "compile": "off",
-                                       "cuda_graph": "auto"}),
+                                       "snapshot_every": 0, "compile": "off"}),
     # gpu-fast's recipe cut to the one-minute budget of issue 15: 300 + 400 steps of all 6 views, each pass's
     # learning-rate decay scaled to its length (lr_decay = 1 / iterations: 0.1 at pass 1's end, 0.13 at pass 2's
-    # after its 50 warm-up steps). The shoe: 36.6-36.8 dB in 46-52 s end to end on an H200,
-    # rougher in novel views like gpu-fast (docs/benchmarks.md section 12). Both replay pass 2 from a CUDA graph
-    # (cuda_graph: pass 2 19.6 -> 11.3 s on the shoe, GPU busy 52 -> 90 %, docs/benchmarks.md section 21).
+    # after its 50 warm-up steps). The shoe: 36.4-37.4 dB on an H200, rougher in novel views like gpu-fast
+    # (docs/benchmarks.md sections 12, 15). The CUDA graph of pass 2 takes it
+    # 19.6 -> 11.3 s (section 21); the pass-1 mesh decimated to 20,000 faces before xatlas: bake 4.2 -> 3.2 s,
+    # 45-54 s end to end (section 23).
     "gpu-minute": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 300, "batch": 6, "lr_decay": 0.00333},
                                          "pass2": {"iterations": 400, "batch": 6, "warmup": 50, "lr_decay": 0.0025},
-                                         "snapshot_every": 0, "compile": "off",
-                                         "cuda_graph": "auto"}),
+                                         "geometry": {"unwrap_faces": 20000},
+                                         "snapshot_every": 0, "compile": "off"}),
     # gpu-default for captures whose cameras and depth maps are exact (synthetic renders, calibrated rigs): no
     # camera corrections, the depth weight kept, edge weights on (docs/benchmarks.md section 9: Chamfer 0.37-0.48 %
     # at 512², against 2.2-3.1 % with the corrections).

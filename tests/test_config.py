@@ -45,7 +45,7 @@ def test_overrides_and_presets():
 def test_gpu_fast_is_gpu_default_with_a_shorter_all_view_schedule():
     default, fast = C.preset("gpu-default"), C.preset("gpu-fast")
     assert (fast.pass1.batch, fast.pass2.batch, fast.pass1.iterations, fast.pass2.iterations) == (6, 6, 1000, 1600)
-    assert fast.compile == "off" and fast.cuda_graph == "auto" and default.cuda_graph == "off" and fast.pass2.lr_decay * fast.pass2.iterations == pytest.approx(1.0)
+    assert fast.compile == "off" and fast.cuda_graph == default.cuda_graph == "auto" and fast.pass2.lr_decay * fast.pass2.iterations == pytest.approx(1.0)
     same = {k: v for k, v in C.flatten(default).items() if not k.startswith(("pass1.", "pass2."))
             and k not in ("compile", "snapshot_every", "cuda_graph")}
     assert same == {k: C.flatten(fast)[k] for k in same}
@@ -57,7 +57,8 @@ def test_gpu_fast_is_gpu_default_with_a_shorter_all_view_schedule():
     for pc in (minute.pass1, minute.pass2):                 # each decay scaled to its pass's length
         assert pc.lr_decay * pc.iterations == pytest.approx(1.0, rel=0.01)
         assert 0.09 < lr_factor(pc.iterations, pc.warmup, pc.lr_decay) < 0.14
-    schedule = {f"{p}.{k}" for p in ("pass1", "pass2") for k in ("iterations", "lr_decay")}
+    schedule = {f"{p}.{k}" for p in ("pass1", "pass2") for k in ("iterations", "lr_decay")} | {"geometry.unwrap_faces"}
+    assert minute.geometry.unwrap_faces == 20000 and fast.geometry.unwrap_faces == 0   # xatlas on fewer faces
     assert {k: v for k, v in C.flatten(minute).items() if k not in schedule} == \
         {k: v for k, v in C.flatten(fast).items() if k not in schedule}    # gpu-fast's recipe, shorter
     assert C.preset("gpu-default").cameras.refine and C.preset("gpu-default").loss.depth_end == 0.0
