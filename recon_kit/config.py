@@ -382,8 +382,8 @@ def _merged(base: dict, changes: dict) -> dict:
 
 # The user's shoe settings on a GPU (1024^2, batch 2, grid 128, 5000 + 5000 iterations); for real captures,
 # hand-framed views are corrected and depth shapes pass 1, then hands over to the photos. With masks trimmed to
-# the photos (prepare --trim-px 8) the shoe reaches 36.9 dB (docs/benchmarks.md section 10; edge weights,
-# loss.edge_px, cost 0.7 dB there for half the fringe score). laplace_floor 0.3: section 17 (512² synthetic
+# the photos (prepare --trim-px 8) the shoe reaches 37.4-37.9 dB (docs/benchmarks.md section 23; edge weights,
+# loss.edge_px, cost 0.7 dB in section 10 for half the fringe score). laplace_floor 0.3: section 17 (512² synthetic
 # objects: Chamfer and held-out PSNR better on two of three, the shoe unchanged). cuda_graph auto: pass 2 replayed
 # from a CUDA graph, 183 -> 84 s on the shoe at the same quality (section 23).
 _GPU_DEFAULT = {"data": {"resolution": 1024},
@@ -412,9 +412,8 @@ PRESETS: dict[str, dict] = {
     # gpu-fast's recipe cut to the one-minute budget of issue 15: 300 + 400 steps of all 6 views, each pass's
     # learning-rate decay scaled to its length (lr_decay = 1 / iterations: 0.1 at pass 1's end, 0.13 at pass 2's
     # after its 50 warm-up steps). The shoe: 36.4-37.4 dB on an H200, rougher in novel views like gpu-fast
-    # (docs/benchmarks.md sections 12, 15). The CUDA graph of pass 2 takes it
-    # 19.6 -> 11.3 s (section 21); the pass-1 mesh decimated to 20,000 faces before xatlas: bake 4.2 -> 3.2 s,
-    # 45-54 s end to end (section 23).
+    # (docs/benchmarks.md sections 12, 15). The CUDA graph takes pass 2 19.6 -> 11.3 s (section 21); the pass-1
+    # mesh decimated to 20,000 faces before xatlas, bake 4.2 -> 3.2 s; 45-54 s end to end (section 23).
     "gpu-minute": _merged(_GPU_DEFAULT, {"pass1": {"iterations": 300, "batch": 6, "lr_decay": 0.00333},
                                          "pass2": {"iterations": 400, "batch": 6, "warmup": 50, "lr_decay": 0.0025},
                                          "geometry": {"unwrap_faces": 20000},
